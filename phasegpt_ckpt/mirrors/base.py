@@ -1,0 +1,124 @@
+"""What every provider shares: the manifest entry's base model and the ``Source`` it resolves to.
+
+A provider module (``url``, ``local``, ``hf``, ``zenodo``, ``osf``, ``gdrive``) defines
+one pydantic model ``<Name>Mirror(MirrorBase)`` with a literal ``type`` and one function::
+
+    def resolve(mirror: <Name>Mirror, session: requests.Session) -> Source
+
+``resolve`` asks the provider where the bytes are and what it publishes about them; it
+raises :class:`~phasegpt_ckpt.errors.MirrorFailed` (outcome tag + one line) when the
+provider cannot serve the file. The transfer engine then moves the bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import MirrorFailed
+
+# Metadata calls are small: fail over to the next mirror quickly rather than wait.
+API_TIMEOUT = (10, 30)
+
+
+class MirrorBase(BaseModel):
+    """Fields every mirror entry has. ``published: false`` lists a mirror that is never tried."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    published: bool = True
+
+    def describe(self) -> str:
+        """Short human label for tables: ``hf templetwo/phasegpt-checkpoints@main``."""
+        raise NotImplementedError
+
+
+@dataclass
+class Source:
+    """Where the bytes of one artifact are, as resolved from one mirror.
+
+    ``url`` is fetched with ``headers`` (credentials only ever go to ``url``'s own origin;
+    the engine drops them on a cross-origin redirect). ``local_path`` replaces ``url`` for
+    files already on disk. ``size``/``sha256``/``md5`` are what the provider publishes
+    (``None`` where it publishes nothing); fetch compares them with the manifest before
+    any byte moves. ``session`` carries provider cookies (Google Drive) when needed.
+    """
+
+    label: str
+    url: Optional[str] = None
+    local_path: Optional[Path] = None
+    headers: dict[str, str] = field(default_factory=dict)
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+    revision: Optional[str] = None
+    session: Optional[requests.Session] = None
+    accepts_ranges: bool = True
+
+
+def origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of ``url``: credentials never cross this boundary."""
+    parts = urlsplit(url)
+    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+
+
+def bearer(token: Optional[str]) -> dict[str, str]:
+    """``Authorization`` header for an optional token: ``bearer(None) == {}``."""
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def credentials_for(url: str, token: Optional[str], *trusted: str) -> dict[str, str]:
+    """The token's header only when ``url`` lies on one of the ``trusted`` origins.
+
+    >>> credentials_for("https://cdn.example/x", "t", "https://hub.example")
+    {}
+    """
+    return bearer(token) if origin(url) in {origin(t) for t in trusted} else {}
+
+
+def get(session: requests.Session, url: str, *, what: str, **kwargs: Any) -> requests.Response:
+    """``session.get`` with the metadata timeout; a network failure becomes :class:`MirrorFailed`."""
+    try:
+        return session.get(url, timeout=API_TIMEOUT, **kwargs)
+    except requests.Timeout:
+        raise MirrorFailed("timeout", f"{what}: no answer from {urlsplit(url).netloc}") from None
+    except requests.RequestException as err:
+        raise MirrorFailed("network", f"{what}: cannot reach {urlsplit(url).netloc} ({type(err).__name__})") from None
+
+
+def get_json(session: requests.Session, url: str, *, what: str, token_env: str, **kwargs: Any) -> Any:
+    """GET a provider's JSON API document; any failure becomes one :class:`MirrorFailed` line.
+
+    ``what`` names the thing asked for ("Zenodo record 123"); ``token_env`` is the
+    variable that holds the provider token, named in the hint for 401/403 answers.
+    The outcome tag is the HTTP status ("404"), or "network"/"timeout"/"bad answer".
+    """
+    response = get(session, url, what=what, **kwargs)
+    if response.status_code >= 400:
+        hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
+        raise MirrorFailed(
+            str(response.status_code), f"{what}: {_error_detail(response)} (HTTP {response.status_code}){hint}"
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise MirrorFailed("bad answer", f"{what}: {urlsplit(url).netloc} did not answer JSON") from None
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The server's own words from the error shapes providers use, else the reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")  # JSON:API (OSF)
+        detail = errors[0].get("detail") if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
+        detail = detail or body.get("message") or body.get("error")  # Zenodo; the common {"error": ...}
+        if isinstance(detail, str) and detail.strip():
+            return detail.strip().splitlines()[0][:200]
+    return response.reason or "error"
