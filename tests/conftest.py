@@ -66,3 +66,20 @@ def drive_emulator():
 
     with DriveEmulator() as server:
         yield server
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """``run_cli(*args) -> (exit code, stdout, stderr)`` through ``cli.main`` (the real exit-code mapping)."""
+    import sys
+
+    from phasegpt_ckpt import cli
+
+    def run(*args) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["phasegpt-ckpt", *map(str, args)])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        out, err = capsys.readouterr()
+        return exited.value.code, out, err
+
+    return run

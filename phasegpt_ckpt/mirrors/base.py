@@ -117,8 +117,8 @@ def _error_detail(response: requests.Response) -> str:
         body = None
     if isinstance(body, dict):
         errors = body.get("errors")  # JSON:API (OSF)
-        detail = errors[0].get("detail") if isinstance(errors, list) and errors and isinstance(errors[0], dict) else None
-        detail = detail or body.get("message") or body.get("error")  # Zenodo; the common {"error": ...}
+        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+        detail = first.get("detail") or body.get("message") or body.get("error")  # then Zenodo, then {"error"}
         if isinstance(detail, str) and detail.strip():
             return detail.strip().splitlines()[0][:200]
     return response.reason or "error"

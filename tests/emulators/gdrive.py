@@ -1,0 +1,115 @@
+"""Google Drive on 127.0.0.1 (PROVIDERS.md §4.6): host A stands for drive.google.com, ``content`` for
+drive.usercontent.google.com.
+
+Host A answers ``/uc?id=`` and ``/open?id=`` with a 303 to host B's ``/download``, which serves
+small files at once and large ones only once the virus-scan form (on one line, a fresh
+``uuid`` per page) has been submitted. Switchable pages per file: ``quota`` (Quota exceeded),
+``private`` (a redirect to a sign-in page) and ``legacy`` (the pre-2024 confirm link, which
+gdown prefixes with docs.google.com: route that host to host A too)::
+
+    with DriveEmulator() as drive:
+        drive.add("1" + "a" * 32, "best_model.pt", data, large=True)
+"""
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from typing import Literal
+
+from .fileserver import Blob, FileServer, Request
+
+Mode = Literal["public", "quota", "private", "legacy"]
+
+QUOTA_PAGE = (
+    "<!DOCTYPE html><html><head><title>Google Drive - Quota exceeded</title></head><body>\n"
+    '<div id="uc-text"><p class="uc-error-caption">Sorry, you can&#39;t view or download this file at this time.</p>'
+    '<p class="uc-error-subcaption">Too many users have viewed or downloaded this file recently. Please try accessing '
+    "the file again later. If the file you are trying to access is particularly large or is shared with many people, "
+    "it may take up to 24 hours to be able to view or download the file.</p></div>\n</body></html>"
+)
+SIGN_IN_PAGE = ("<!DOCTYPE html><html><head><title>Sign in - Google Accounts</title></head><body>\n"
+                '<form action="/signin/v2/identifier" method="post"><input type="email" name="identifier"></form>\n'
+                "</body></html>")
+NOT_FOUND_PAGE = ("<!DOCTYPE html><html><head><title>Error 404 (Not Found)!!1</title></head><body>\n"
+                  "<p><b>404.</b> <ins>That’s an error.</ins></p>\n</body></html>")
+
+
+@dataclass
+class DriveFile:
+    name: str
+    blob: Blob
+    large: bool = False  # too large to scan: the virus-scan warning comes first
+    mode: Mode = "public"
+
+    @property
+    def legacy_token(self) -> str:
+        return hashlib.sha1(self.blob.data).hexdigest()[:4].upper()
+
+
+class DriveEmulator(FileServer):
+    def __init__(self):
+        super().__init__()
+        self.content = FileServer()
+        self.drive_files: dict[str, DriveFile] = {}  # FileServer.files is taken
+        self.issued_uuids: set[str] = set()
+        self.route(r"/(uc|open)", self.uc)
+        self.route(r"/ServiceLogin", lambda request: request.send_html(SIGN_IN_PAGE))
+        self.content.route(r"/download", self.download)
+
+    def add(self, file_id: str, name: str, data: bytes, large: bool = False, mode: Mode = "public") -> DriveFile:
+        blob = Blob(data, headers={"Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"})
+        self.drive_files[file_id] = drive_file = DriveFile(name, blob, large, mode)
+        return drive_file
+
+    def uc(self, request: Request) -> None:
+        """Host A: everything goes on to host B, except missing and private files."""
+        file_id = request.query.get("id", "")
+        drive_file = self.drive_files.get(file_id)
+        if drive_file is None:
+            return request.send_html(NOT_FOUND_PAGE, 404)
+        if drive_file.mode == "private":
+            return request.redirect(self.url("/ServiceLogin?continue=https://drive.google.com/uc"))
+        confirm = f"&confirm={request.query['confirm']}" if "confirm" in request.query else ""
+        request.redirect(self.content.url(f"/download?id={file_id}&export=download{confirm}"), 303)
+
+    def download(self, request: Request) -> None:
+        """Host B: the file, or the page standing in front of it."""
+        file_id, confirm = request.query.get("id", ""), request.query.get("confirm")
+        drive_file = self.drive_files.get(file_id)
+        if drive_file is None:
+            return request.send_html(NOT_FOUND_PAGE, 404)
+        if drive_file.mode == "quota":
+            return request.send_html(QUOTA_PAGE)
+        if drive_file.mode == "legacy" and confirm != drive_file.legacy_token:
+            return request.send_html(self._legacy_page(file_id, drive_file), headers={
+                "Set-Cookie": f"download_warning_{file_id}={drive_file.legacy_token}; Path=/"})
+        if drive_file.large and drive_file.mode != "legacy" and not (
+                confirm == "t" and request.query.get("uuid") in self.issued_uuids):
+            return request.send_html(self._virus_scan_page(file_id, drive_file))
+        request.send_blob(drive_file.blob)
+
+    def _virus_scan_page(self, file_id: str, drive_file: DriveFile) -> str:
+        fresh = str(uuid.uuid4())
+        self.issued_uuids.add(fresh)
+        hidden = "".join(f'<input type="hidden" name="{name}" value="{value}">' for name, value in (
+            ("id", file_id), ("export", "download"), ("authuser", "0"), ("confirm", "t"), ("uuid", fresh)))
+        return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>\n"
+                f'<p class="uc-warning-subcaption">{drive_file.name} is too large for Google to scan for viruses. '
+                "Would you still like to download this file?</p>\n"
+                f'<form id="download-form" action="{self.content.url("/download")}" method="get">'
+                f'<input type="submit" id="uc-download-link" value="Download anyway"/>{hidden}</form>\n'
+                "</body></html>")
+
+    def _legacy_page(self, file_id: str, drive_file: DriveFile) -> str:
+        return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>\n"
+                f'<a id="uc-download-link" href="/uc?export=download&amp;confirm={drive_file.legacy_token}'
+                f'&amp;id={file_id}">Download anyway</a>\n</body></html>')
+
+    def start(self) -> "DriveEmulator":
+        self.content.start()
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.content.stop()

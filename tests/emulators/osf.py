@@ -1,0 +1,228 @@
+"""OSF on 127.0.0.1 (PROVIDERS.md §3.4): the API v2 (JSON:API), the "osf.io" web host and WaterButler.
+
+Three origins: this server is ``api.osf.io``; ``web`` answers ``/download/<guid>/`` and
+``/<guid>/download`` with a 302 to ``wb``, which streams the bytes with no ETag and answers
+a range covering the whole file with 200, as WaterButler does. Listings paginate
+(``page``, ``page[size]`` capped at ``page_cap``, absolute ``links.next``, null at the end);
+folders link their listing through ``relationships.files``. Private nodes answer 401
+without their token; deleted files and unknown guids 410. All errors are JSON:API
+``{"errors": [{"detail": ...}]}``::
+
+    with OsfEmulator() as osf:
+        osf.add_node("abcde")
+        osf.put("abcde", "checkpoints/best_model.pt", data)
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Optional, Union
+from urllib.parse import urlencode
+
+from .fileserver import Blob, FileServer, Request
+
+DATE = "2025-01-01T00:00:00.000000Z"
+
+
+@dataclass
+class OsfFile:
+    id: str
+    guid: str
+    node: str
+    path: str  # materialized, e.g. "/checkpoints/best_model.pt"
+    blob: Blob
+    listed_size: Optional[int] = None  # what the API claims, when it differs from the bytes
+    deleted: bool = False
+
+
+@dataclass
+class OsfFolder:
+    id: str
+    node: str
+    path: str  # "/" for the storage root, "/checkpoints/" below
+    children: list[Union["OsfFolder", OsfFile]] = field(default_factory=list)
+
+
+@dataclass
+class Node:
+    id: str
+    root: OsfFolder
+    token: Optional[str] = None  # set: private, readable with this token only
+
+
+class OsfEmulator(FileServer):
+    def __init__(self, page_cap: int = 100):
+        super().__init__()
+        self.web, self.wb = FileServer(), FileServer()
+        self.page_cap = page_cap
+        self.nodes: dict[str, Node] = {}
+        self.osf_files: dict[str, OsfFile] = {}  # by id and by guid (FileServer.files is taken)
+        self.folders: dict[str, OsfFolder] = {}
+        # osfclient joins its default base URL "…/v2/" with "/", so the real API must take "/v2//guids/…".
+        self.route(r"/v2/+guids/(?P<guid>\w+)/", self.guid)
+        self.route(r"/v2/+nodes/(?P<node>\w+)/", self.node)
+        self.route(r"/v2/nodes/(?P<node>\w+)/files/", self.providers)
+        self.route(r"/v2/nodes/(?P<node>\w+)/files/osfstorage/(?:(?P<folder>\w+)/)?", self.listing)
+        self.route(r"/v2/files/(?P<id>\w+)/", self.file)
+        self.web.route(r"/download/(?P<ref>\w+)/", self.download)
+        self.web.route(r"/(?P<ref>\w+)/download", self.download)
+        self.wb.route(r"/v1/resources/(?P<node>\w+)/providers/osfstorage/(?P<id>\w+)", self.waterbutler)
+
+    def add_node(self, node_id: str, token: Optional[str] = None) -> Node:
+        root = OsfFolder(_id(node_id, "/"), node_id, "/")
+        self.nodes[node_id] = node = Node(node_id, root, token)
+        return node
+
+    def put(self, node_id: str, path: str, data: bytes, listed_size: Optional[int] = None) -> OsfFile:
+        """Store ``data`` at ``path`` in the node's OSF Storage, creating folders on the way."""
+        folder = self.nodes[node_id].root
+        *folders, name = path.strip("/").split("/")
+        for part in folders:
+            sub = next((c for c in folder.children if isinstance(c, OsfFolder) and c.path.endswith(f"/{part}/")), None)
+            if sub is None:
+                sub = OsfFolder(_id(node_id, f"{folder.path}{part}/"), node_id, f"{folder.path}{part}/")
+                folder.children.append(sub)
+                self.folders[sub.id] = sub
+            folder = sub
+        file_id = _id(node_id, folder.path + name)
+        blob = Blob(data, etag=None, full_span_200=True, headers={
+            "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"})
+        osf_file = OsfFile(file_id, file_id[:5], node_id, folder.path + name, blob, listed_size)
+        folder.children.append(osf_file)
+        self.osf_files[file_id] = self.osf_files[osf_file.guid] = osf_file
+        return osf_file
+
+    def wb_path(self, osf_file: OsfFile) -> str:
+        """WaterButler's path for a file (where byte faults are switched)."""
+        return f"/v1/resources/{osf_file.node}/providers/osfstorage/{osf_file.id}"
+
+    # -- API routes -----------------------------------------------------------------------------
+    def guid(self, request: Request) -> None:
+        guid = request.params["guid"]
+        if guid in self.nodes:
+            return request.redirect(self.url(f"/v2/nodes/{guid}/"))
+        osf_file = self.osf_files.get(guid)
+        if osf_file is None or osf_file.deleted:
+            return _error(request, 410, "The requested guid is no longer available.")
+        request.redirect(self.url(f"/v2/files/{osf_file.id}/"))
+
+    def node(self, request: Request) -> None:
+        node = self._readable(request, request.params["node"])
+        if node:
+            request.send_json({"data": {
+                "id": node.id, "type": "nodes",
+                "attributes": {"title": f"Project {node.id}", "description": "", "public": node.token is None,
+                               "date_created": DATE, "date_modified": DATE},
+                "relationships": {"files": _related(self.url(f"/v2/nodes/{node.id}/files/"))},
+                "links": {"self": self.url(f"/v2/nodes/{node.id}/"), "html": self.web.url(f"/{node.id}/")}}})
+
+    def providers(self, request: Request) -> None:
+        node = self._readable(request, request.params["node"])
+        if node:
+            storage = {"id": f"{node.id}:osfstorage", "type": "files",
+                       "attributes": {"kind": "folder", "name": "osfstorage", "path": "/", "node": node.id,
+                                      "provider": "osfstorage"},
+                       "relationships": {"files": _related(self.url(f"/v2/nodes/{node.id}/files/osfstorage/"))},
+                       "links": {"upload": self.wb.url(f"/v1/resources/{node.id}/providers/osfstorage/"),
+                                 "new_folder": self.wb.url(f"/v1/resources/{node.id}/providers/osfstorage/")
+                                 + "?kind=folder"}}
+            request.send_json({"data": [storage], "links": {"next": None}, "meta": {"total": 1, "per_page": 10}})
+
+    def listing(self, request: Request) -> None:
+        node = self._readable(request, request.params["node"])
+        if not node:
+            return
+        folder = self.folders.get(request.params["folder"]) if request.params["folder"] else node.root
+        if folder is None or folder.node != node.id:
+            return _error(request, 404, "Not found.")
+        size = min(int(request.query.get("page[size]", 10)), self.page_cap)
+        page = int(request.query.get("page", 1))
+        entries = folder.children
+        here = self.url(request.path)
+        link = lambda n: f"{here}?{urlencode({'page': n, 'page[size]': size})}"  # noqa: E731
+        last = max(1, -(-len(entries) // size))
+        request.send_json({
+            "data": [self._entry(e) for e in entries[(page - 1) * size: page * size]],
+            "links": {"first": link(1), "last": link(last), "prev": link(page - 1) if page > 1 else None,
+                      "next": link(page + 1) if page < last else None},
+            "meta": {"total": len(entries), "per_page": size}})
+
+    def file(self, request: Request) -> None:
+        osf_file = self.osf_files.get(request.params["id"])
+        if osf_file is None:
+            return _error(request, 404, "Not found.")
+        if self._readable(request, osf_file.node):
+            if osf_file.deleted:
+                return _error(request, 410, "This file has been deleted.")
+            request.send_json({"data": self._entry(osf_file)})
+
+    # -- osf.io and WaterButler -----------------------------------------------------------------
+    def download(self, request: Request) -> None:
+        osf_file = self.osf_files.get(request.params["ref"])
+        if osf_file is None or osf_file.deleted:
+            return request.send_html("<h1>Not found</h1>", 404)
+        request.redirect(self.wb.url(self.wb_path(osf_file)) + "?action=download&direct&version=1")
+
+    def waterbutler(self, request: Request) -> None:
+        osf_file = self.osf_files.get(request.params["id"])
+        if osf_file is None or osf_file.deleted:
+            return _error(request, 404, "Not found.")
+        request.send_blob(osf_file.blob)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _readable(self, request: Request, node_id: str) -> Optional[Node]:
+        """The node, or None after answering 404 (unknown) or 401 (private, no or wrong token)."""
+        node = self.nodes.get(node_id)
+        if node is None:
+            return _error(request, 404, "Not found.")
+        if node.token is not None and request.headers.get("Authorization") != f"Bearer {node.token}":
+            return _error(request, 401, "Authentication credentials were not provided.")
+        return node
+
+    def _entry(self, item: Union[OsfFolder, OsfFile]) -> dict:
+        name = item.path.rstrip("/").rsplit("/", 1)[-1]
+        wb = self.wb.url(f"/v1/resources/{item.node}/providers/osfstorage/{item.id}")
+        common = {"kind": "folder", "name": name, "provider": "osfstorage", "materialized_path": item.path,
+                  "date_created": DATE, "date_modified": DATE}
+        info = self.url(f"/v2/files/{item.id}/")
+        if isinstance(item, OsfFolder):
+            return {"id": item.id, "type": "files",
+                    "attributes": {**common, "path": f"/{item.id}/", "size": None, "extra": {"hashes": None}},
+                    "links": {"info": info, "self": info, "new_folder": wb + "/?kind=folder", "upload": wb + "/",
+                              "move": wb + "/", "delete": wb + "/"},
+                    "relationships": {
+                        "files": _related(self.url(f"/v2/nodes/{item.node}/files/osfstorage/{item.id}/"))}}
+        data = item.blob.data
+        return {"id": item.id, "type": "files",
+                "attributes": {**common, "kind": "file", "path": f"/{item.id}", "guid": item.guid,
+                               "size": len(data) if item.listed_size is None else item.listed_size,
+                               "current_version": 1,
+                               "extra": {"hashes": {"md5": hashlib.md5(data).hexdigest(),
+                                                    "sha256": hashlib.sha256(data).hexdigest()}, "downloads": 0}},
+                "links": {"info": info, "self": info, "download": self.web.url(f"/download/{item.guid}/"),
+                          "html": self.web.url(f"/{item.guid}/"), "upload": wb, "move": wb, "delete": wb},
+                "relationships": {"versions": _related(self.url(f"/v2/files/{item.id}/versions/"))}}
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> "OsfEmulator":
+        self.web.start()
+        self.wb.start()
+        return super().start()
+
+    def stop(self) -> None:
+        super().stop()
+        self.web.stop()
+        self.wb.stop()
+
+
+def _id(node_id: str, path: str) -> str:
+    """OSF's 24-hex object id, derived from the path so tests can predict it."""
+    return hashlib.sha1(f"{node_id}:{path}".encode()).hexdigest()[:24]
+
+
+def _related(href: str) -> dict:
+    return {"links": {"related": {"href": href, "meta": {}}}}
+
+
+def _error(request: Request, status: int, detail: str) -> None:
+    request.send_json({"errors": [{"detail": detail}]}, status, headers={"Content-Type": "application/vnd.api+json"})

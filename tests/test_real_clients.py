@@ -1,0 +1,197 @@
+"""The real third-party clients against our emulators, and our hf client against olah.
+
+Our provider tests run against emulators we wrote from our reading of each protocol. Here the
+reference clients (huggingface_hub, gdown, osfclient) download from those same emulators, so an
+emulator that drifted from the real service would fail a client that works against it. olah
+(a self-hosted Hub mirror nobody here wrote) then serves a whole file to our own hf client.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import gdown
+import pytest
+import requests
+from conftest import CORPUS_SHA256
+from gdown.exceptions import FileURLRetrievalError
+
+from phasegpt_ckpt.cache import Cache
+from phasegpt_ckpt.fetch import fetch
+from phasegpt_ckpt.manifest import Manifest
+from phasegpt_ckpt.mirrors.gdrive import route_google_hosts
+
+pytestmark = pytest.mark.clients
+
+DRIVE_ID = "1PhaseGptBestModelCheckpoint0123456"
+
+
+@pytest.fixture
+def corpus(corpus_path) -> bytes:
+    return corpus_path.read_bytes()
+
+
+# -- huggingface_hub ------------------------------------------------------------------------------
+
+HF_SCRIPT = """
+import hashlib, json, sys
+from huggingface_hub import hf_hub_download
+results = {}
+for name, repo, filename, revision in json.loads(sys.argv[1]):
+    try:
+        path = hf_hub_download(repo, filename, revision=revision, cache_dir=sys.argv[2])
+        results[name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    except Exception as err:
+        results[name] = type(err).__name__
+print(json.dumps(results))
+"""
+
+
+def test_hf_hub_download_against_the_emulator(hub_emulator, corpus, tmp_path):
+    """huggingface_hub reads HF_ENDPOINT at import: it runs in a child process configured for the emulator."""
+    hub, token = hub_emulator, "hf_realClientToken"
+    hub.add_repo("org/ckpt", private=True, tokens={token})
+    hub.put("org/ckpt", "input.txt", corpus)
+    small = b'{"epoch": 3}\n'
+    hub.put("org/ckpt", "info.json", small, lfs=False)
+    hub.add_repo("org/gated", gated=True)
+    cases = [("lfs", "org/ckpt", "input.txt", "main"), ("small", "org/ckpt", "info.json", "main"),
+             ("entry", "org/ckpt", "missing.pt", "main"), ("revision", "org/ckpt", "input.txt", "v9"),
+             ("repo", "org/none", "input.txt", "main"), ("gated", "org/gated", "input.txt", "main")]
+    env = {**os.environ, "HF_ENDPOINT": hub.origin, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf")}
+    run = subprocess.run([sys.executable, "-c", HF_SCRIPT, json.dumps(cases), str(tmp_path / "hub")],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    results = json.loads(run.stdout)
+
+    assert results == {"lfs": CORPUS_SHA256, "small": hashlib.sha256(small).hexdigest(),
+                       "entry": "RemoteEntryNotFoundError", "revision": "RevisionNotFoundError",
+                       "repo": "RepositoryNotFoundError", "gated": "GatedRepoError"}
+    cdn = hub.cdn.requests_to(hub.cdn_path("org/ckpt", "input.txt"))
+    assert [r.method for r in cdn] == ["GET"] and cdn[0].authorization is None  # the client, too, keeps it off the CDN
+    assert all(r.authorization == f"Bearer {token}" for r in hub.log)
+
+
+# -- gdown ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gdown_on_emulator(drive_emulator, monkeypatch):
+    """gdown hard-codes Google's hosts: route its session's requests for them to the emulator."""
+    module = sys.modules["gdown.download"]  # gdown.download is also the name of the function
+    real_get_session = module._get_session
+
+    def get_session(**kwargs):
+        session, cookies_file = real_get_session(**kwargs)
+        route_google_hosts(session, drive_emulator.origin)
+        return session, cookies_file
+
+    monkeypatch.setattr(module, "_get_session", get_session)
+    return drive_emulator
+
+
+@pytest.mark.parametrize("options", [{"large": True}, {"mode": "legacy"}], ids=["virus-scan-form", "legacy-link"])
+def test_gdown_download_through_the_confirm_pages(gdown_on_emulator, corpus, tmp_path, options):
+    gdown_on_emulator.add(DRIVE_ID, "input.txt", corpus, **options)
+    path = gdown.download(id=DRIVE_ID, output=str(tmp_path) + "/", quiet=True, use_cookies=False)
+    assert Path(path).name == "input.txt" and Path(path).read_bytes() == corpus  # name from Content-Disposition
+
+
+def test_gdown_resumes_a_part_file_with_range(gdown_on_emulator, corpus, tmp_path):
+    gdown_on_emulator.add(DRIVE_ID, "input.txt", corpus, large=True)
+    (tmp_path / "input.txtABCDEFGH.part").write_bytes(corpus[:500_000])  # gdown's own partial-file name
+    path = gdown.download(id=DRIVE_ID, output=str(tmp_path / "input.txt"), quiet=True, use_cookies=False,
+                          resume=True)
+    assert Path(path).read_bytes() == corpus
+    ranged = [r for r in gdown_on_emulator.content.log if r.range]
+    assert [(r.range, r.status) for r in ranged] == [("bytes=500000-", 206)]
+
+
+def test_gdown_reads_the_quota_page(gdown_on_emulator, corpus, tmp_path):
+    gdown_on_emulator.add(DRIVE_ID, "input.txt", corpus, mode="quota")
+    with pytest.raises(FileURLRetrievalError, match="Too many users"):
+        gdown.download(id=DRIVE_ID, output=str(tmp_path) + "/", quiet=True, use_cookies=False)
+
+
+# -- osfclient ------------------------------------------------------------------------------------
+
+
+def test_osfclient_lists_and_downloads(osf_emulator, corpus, tmp_path):
+    """osfclient pages by 10 and recurses into folders; it sleeps 1 s between requests (~6 s here)."""
+    from osfclient import OSF
+
+    osf_emulator.add_node("phgpt")
+    for n in range(11):
+        osf_emulator.put("phgpt", f"run{n:02d}.log", b"epoch %d\n" % n)
+    osf_emulator.put("phgpt", "checkpoints/input.txt", corpus)
+    client = OSF()
+    client.session.base_url = osf_emulator.url("/v2/")
+    storage = client.project("phgpt").storage("osfstorage")
+    files = {f.path: f for f in storage.files}
+    assert len(files) == 12  # both pages of the root, and the folder's file
+    with open(tmp_path / "input.txt", "wb") as out:
+        files["/checkpoints/input.txt"].write_to(out)
+    assert (tmp_path / "input.txt").read_bytes() == corpus
+
+
+# -- olah: a real Hub mirror serving a local git repository ----------------------------------------
+
+
+def lfs_repository(root: Path, repo_id: str, filename: str, data: bytes, sha256: str) -> None:
+    """A git repository holding ``filename`` as a Git LFS pointer, laid out by hand (no git-lfs needed)."""
+    repo = root / "models" / repo_id
+    repo.mkdir(parents=True)
+    git = ["git", "-C", str(repo), "-c", "user.name=test", "-c", "user.email=test@example.org"]
+    subprocess.run([*git, "init", "-q", "-b", "main"], check=True)
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{sha256}\nsize {len(data)}\n"
+    (repo / filename).write_text(pointer)
+    obj = repo / ".git" / "lfs" / "objects" / sha256[:2] / sha256[2:4] / sha256
+    obj.parent.mkdir(parents=True)
+    obj.write_bytes(data)
+    subprocess.run([*git, "add", filename], check=True)
+    subprocess.run([*git, "commit", "-q", "-m", "checkpoint"], check=True)
+
+
+@pytest.fixture
+def olah(tmp_path, corpus):
+    """olah in offline mode (OLAH.md), serving org/ckpt with input.txt committed through LFS."""
+    lfs_repository(tmp_path / "mirrors", "org/ckpt", "input.txt", corpus, CORPUS_SHA256)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "olah.toml"
+    config.write_text(f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "repos"}"\n'
+                      f'mirrors-path = ["{tmp_path / "mirrors"}"]\n\n[accessibility]\noffline = true\n')
+    cli = Path(sys.executable).with_name("olah-cli")
+    server = subprocess.Popen([str(cli), "-c", str(config), "--log-path", str(tmp_path / "logs")], cwd=tmp_path,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    origin = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                requests.head(f"{origin}/org/ckpt/resolve/main/input.txt", timeout=5)
+                break
+            except requests.ConnectionError:
+                assert server.poll() is None, "olah exited at start-up"
+                time.sleep(0.2)
+        yield origin
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_our_hf_client_fetches_a_whole_file_from_olah(olah, corpus, tmp_path):
+    manifest = Manifest.model_validate({"version": 1, "artifacts": {"corpus": {
+        "kind": "dataset", "filename": "input.txt", "size": len(corpus), "sha256": CORPUS_SHA256,
+        "mirrors": [{"type": "hf", "repo": "org/ckpt", "filename": "input.txt", "endpoint": olah}]}}})
+    fetched = fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"))
+    assert fetched.sha256 == CORPUS_SHA256 and fetched.path.read_bytes() == corpus
+    assert fetched.outcomes[-1].status == "ok"
