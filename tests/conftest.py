@@ -5,7 +5,14 @@ import hashlib
 import os
 from pathlib import Path
 
+# Test models are tiny: one thread runs them as fast as two, and subprocesses inherit it, so
+# parallel test or benchmark processes on a 2-core machine don't oversubscribe it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import pytest
+import torch
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 REPO = Path(__file__).resolve().parents[1]
 CORPUS = Path(os.environ.get("PHASEGPT_TEST_CORPUS", REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
