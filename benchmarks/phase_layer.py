@@ -19,6 +19,7 @@ on one thread: on a shared machine OpenMP's waits between threads turn contentio
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import itertools
 import json
@@ -100,6 +101,7 @@ def measure(forward, layer, T: int, repeats: int) -> tuple[float, float]:
 
 
 def main():
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     torch.set_num_threads(1)
     print(f"phase layer forward+backward, CPU, torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"B={BATCH} H={HEADS} N={OSCILLATORS} d_model={D_MODEL} iterations={ITERATIONS}\n")
@@ -125,7 +127,7 @@ def main():
             seconds, mb = measure(mean_field, layer, T, repeats=10)
             print(f"{T:>5} {mode:>9} {seconds * 1e3:>9.2f} {mb:>9.1f} {mb * 1024 / (BATCH * T):>13.1f}")
 
-    print("\ntorch.compile (inductor fuses each iteration's elementwise chain), T=256, coupling_mode original")
+    print("\ntorch.compile (inductor, around the hand-written backward) against eager, T=256, coupling_mode original")
     layer = make_layer("original")
     compiled = torch.compile(layer)
     start = time.perf_counter()

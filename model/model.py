@@ -140,14 +140,30 @@ def _is_number(value) -> bool:
 
 @dataclass
 class KVCache:
-    """What a StandardAttention layer keeps between ``step`` calls: keys and values [B, H, T_past, head_dim]."""
+    """What a StandardAttention layer keeps between ``step`` calls: keys and values of the positions seen.
+
+    The buffers [B, H, max_seq_len, head_dim] are allocated once, so a step writes only its new
+    positions instead of copying the whole past (``torch.cat`` would make decoding quadratic). A step
+    extends the cache in place: the one it returns is the one it was given.
+    """
 
     k: torch.Tensor
     v: torch.Tensor
+    length: int = 0  # positions held
 
-    @property
-    def length(self) -> int:
-        return self.k.shape[2]
+    @classmethod
+    def empty_like(cls, k: torch.Tensor, capacity: int) -> KVCache:
+        """A cache for keys/values shaped like ``k`` [B, H, T, head_dim], room for ``capacity`` positions."""
+        B, H, _, D = k.shape
+        return cls(k.new_empty(B, H, capacity, D), k.new_empty(B, H, capacity, D))
+
+    def append(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new positions' keys and values; returns those of every position held, as views."""
+        end = self.length + k.shape[2]
+        self.k[:, :, self.length:end] = k
+        self.v[:, :, self.length:end] = v
+        self.length = end
+        return self.k[:, :, :end], self.v[:, :, :end]
 
 
 @dataclass
@@ -180,25 +196,166 @@ class StandardAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B, T, d_model] -> [B, T, d_model], each position attending to itself and earlier ones."""
-        return self.step(x)[0]
+        return self._attend(*self._heads(x), past=0)
 
     def step(self, x: torch.Tensor, cache: KVCache | None = None) -> tuple[torch.Tensor, KVCache]:
         """Attend from the new positions ``x`` [B, T_new, d_model] to the cached ones and themselves.
 
-        Returns the output for the new positions and the cache extended by them; ``cache=None`` starts
-        a sequence. Feeding a sequence in pieces gives the same outputs as ``forward`` on the whole.
+        Returns the output for the new positions and the cache, extended by them; ``cache=None``
+        starts a sequence. Feeding a sequence in pieces gives the same outputs as ``forward`` on the whole.
         """
+        q, k, v = self._heads(x)
+        if cache is None:
+            cache = KVCache.empty_like(k, self.causal_mask.shape[-1])
+        past = cache.length
+        return self._attend(q, *cache.append(k, v), past=past), cache
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v of ``x`` [B, T, d_model], each [B, H, T, head_dim] (published order: q, k, v)."""
         B, T, C = x.shape
         q, k, v = self.qkv_proj(x).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
-        if cache is not None:
-            k, v = torch.cat([cache.k, k], dim=2), torch.cat([cache.v, v], dim=2)
-        past = k.shape[2] - T
-        mask = None if past == 0 else self.causal_mask[0, 0, past:past + T, :past + T].bool()
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0,
+        return tuple(t.view(B, T, self.n_heads, C // self.n_heads).transpose(1, 2) for t in (q, k, v))
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, past: int) -> torch.Tensor:
+        """Queries of positions past.. against keys of positions 0..; the output projected back to d_model."""
+        B, H, T, D = q.shape
+        # a single new position may see everything before it; several see the mask's slice
+        mask = None if past == 0 or T == 1 else self.causal_mask[0, 0, past:past + T, :past + T].bool()
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=past == 0 and T > 1,
                                            dropout_p=self.dropout if self.training else 0.0)
-        y = y.transpose(1, 2).reshape(B, T, C)
-        return self.resid_dropout(self.out_proj(y)), KVCache(k, v)
+        return self.resid_dropout(self.out_proj(y.transpose(1, 2).reshape(B, T, H * D)))
+
+
+def _euler_step(theta: torch.Tensor, coupling: torch.Tensor, omega: torch.Tensor, K: torch.Tensor) -> torch.Tensor:
+    """θ + dt·(ω + K·coupling), wrapped into [-π, π); computed in ``coupling``'s storage, which it returns."""
+    return coupling.mul_(K).add_(omega).mul_(DT).add_(theta).add_(math.pi).remainder_(2 * math.pi).sub_(math.pi)
+
+
+def evolve_original(theta: torch.Tensor, omega: torch.Tensor, K: torch.Tensor, iterations: int,
+                    saved: list | None = None) -> torch.Tensor:
+    """The published dynamics of θ [B, H, T, N]: coupling = mean over every position b of sin(θ_a − θ_b).
+
+    ``omega`` [H, 1, N] and ``K`` [H, 1, 1] are float32. Each iteration's cos θ and sin θ are appended
+    to ``saved`` when given (what the backward needs). In-place arithmetic: call without autograd.
+    """
+    for _ in range(iterations):
+        cos, sin = theta.cos(), theta.sin()
+        # mean_b sin(θ_a − θ_b) over every position b, the future included (the published sign)
+        coupling = torch.mul(sin, cos.mean(dim=2, keepdim=True)).sub_(cos * sin.mean(dim=2, keepdim=True))
+        if saved is not None:
+            saved += (cos, sin)
+        theta = _euler_step(theta, coupling, omega, K)
+    return theta
+
+
+def evolve_causal(theta: torch.Tensor, omega: torch.Tensor, K: torch.Tensor, iterations: int,
+                  state: PhaseState | None = None, saved: list | None = None) -> tuple[torch.Tensor, PhaseState]:
+    """Causal dynamics of new positions θ [B, H, T, N] after those in ``state``: running means over b <= a.
+
+    Returns θ and the state extended by these positions. ``saved`` as in :func:`evolve_original`.
+    """
+    past = 0 if state is None else state.length
+    count = _positions(past, theta)
+    cos_sums, sin_sums = [], []
+    for i in range(iterations):
+        cos, sin = theta.cos(), theta.sin()
+        cos_sum, sin_sum = cos.cumsum(dim=2), sin.cumsum(dim=2)  # sums over b <= a in this chunk
+        if state is not None:
+            cos_sum += state.cos_sum[i][:, :, None]
+            sin_sum += state.sin_sum[i][:, :, None]
+        cos_sums.append(cos_sum[:, :, -1])
+        sin_sums.append(sin_sum[:, :, -1])
+        if saved is not None:
+            saved += (cos, sin)
+        # mean_{b<=a} sin(θ_b − θ_a) = cos θ_a · mean sin θ_b − sin θ_a · mean cos θ_b (textbook sign)
+        coupling = torch.mul(cos, sin_sum).sub_(sin * cos_sum).div_(count)
+        theta = _euler_step(theta, coupling, omega, K)
+    return theta, PhaseState(torch.stack(cos_sums), torch.stack(sin_sums), past + theta.shape[2])
+
+
+def _positions(past: int, theta: torch.Tensor) -> torch.Tensor:
+    """How many positions each running mean covers: past+1 .. past+T, as a [T, 1] column."""
+    T = theta.shape[2]
+    return torch.arange(past + 1, past + T + 1, device=theta.device, dtype=theta.dtype)[:, None]
+
+
+class PhaseDynamics(torch.autograd.Function):
+    """The Euler iterations with a hand-written backward, so training keeps two tensors per iteration.
+
+    Autograd through :func:`evolve_original` would keep every intermediate of every iteration and run
+    about twice as many elementwise kernels backwards. Here the backward walks the iterations in
+    reverse with the chain rule of the mean-field step, from the cos θ and sin θ saved by the forward
+    (derivation in the comments of ``_original_backward`` and ``_causal_backward``). The forward is
+    the very same arithmetic, so outputs are bit for bit those of the plain functions.
+
+    ``PhaseDynamics.apply(theta, omega, K, iterations, causal)`` -> θ after ``iterations`` steps.
+    """
+
+    @staticmethod
+    def forward(ctx, theta, omega, K, iterations: int, causal: bool):
+        saved: list[torch.Tensor] = []
+        if causal:
+            theta, _ = evolve_causal(theta, omega, K, iterations, saved=saved)
+        else:
+            theta = evolve_original(theta, omega, K, iterations, saved=saved)
+        ctx.causal = causal
+        ctx.save_for_backward(K, *saved)
+        return theta
+
+    @staticmethod
+    def backward(ctx, grad):
+        K, *saved = ctx.saved_tensors
+        DTK = DT * K
+        grad_omega, grad_K = grad.new_zeros(K.shape[0], 1, grad.shape[3]), torch.zeros_like(K)
+        step_back = _causal_backward if ctx.causal else _original_backward
+        for i in reversed(range(len(saved) // 2)):
+            cos, sin = saved[2 * i], saved[2 * i + 1]
+            # θ' = wrap(θ + dt·ω + dt·K·c(θ)): wrap has slope 1, so dL/dω and dL/dK read g = dL/dθ' directly
+            grad_omega += DT * grad.sum(dim=(0, 2))[:, None, :]
+            grad, coupling_grad = step_back(grad, cos, sin, DTK)
+            grad_K += DT * coupling_grad
+        return grad, grad_omega, grad_K, None, None
+
+
+def _original_backward(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, DTK: torch.Tensor):
+    """dL/dθ of one original-mode step from g = dL/dθ', and Σ g·c (what dL/dK needs, per head).
+
+    c_a = sin_a·C̄ − cos_a·S̄ with C̄ = mean_b cos_b, S̄ = mean_b sin_b. With u = dt·K·g:
+    dθ_a = g_a + u_a·(cos_a·C̄ + sin_a·S̄)            (θ_a inside c_a)
+                − sin_a·Σ_b u_b sin_b / T − cos_a·Σ_b u_b cos_b / T   (θ_a inside the means)
+         = g_a + cos_a·(u_a·C̄ − Q/T) + sin_a·(u_a·S̄ − P/T),  P = Σ_b u_b sin_b, Q = Σ_b u_b cos_b.
+    """
+    T = g.shape[2]
+    mean_cos, mean_sin = cos.mean(dim=2, keepdim=True), sin.mean(dim=2, keepdim=True)
+    P, Q = (g * sin).sum(dim=2, keepdim=True), (g * cos).sum(dim=2, keepdim=True)  # before the dt·K factor
+    coupling_grad = (mean_cos * P - mean_sin * Q).sum(dim=(0, 3))[:, :, None]  # Σ g·c = Σ_b,n C̄·P − S̄·Q
+    u = g * DTK
+    along_cos = torch.mul(u, mean_cos).sub_(DTK * Q / T).mul_(cos)
+    along_sin = u.mul_(mean_sin).sub_(DTK * P / T).mul_(sin)
+    return along_cos.add_(g).add_(along_sin), coupling_grad
+
+
+def _causal_backward(g: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, DTK: torch.Tensor):
+    """As :func:`_original_backward` for the causal step c_a = (cos_a·Σ_{b<=a} sin_b − sin_a·Σ_{b<=a} cos_b) / n_a.
+
+    With w = dt·K·g / n and S_a, C_a the running sums:
+    dθ_b = g_b − w_b·(sin_b·S_b + cos_b·C_b)                                (θ_b inside c_b)
+           + cos_b·Σ_{a>=b} w_a·cos_a + sin_b·Σ_{a>=b} w_a·sin_a            (θ_b inside later sums)
+    """
+    sin_sum, cos_sum = sin.cumsum(dim=2), cos.cumsum(dim=2)
+    g_n = g / _positions(0, g)
+    coupling = torch.mul(cos, sin_sum).sub_(sin * cos_sum)
+    coupling_grad = (g_n * coupling).sum(dim=(0, 2, 3))[:, None, None]
+    w = g_n.mul_(DTK)
+    later_cos = _reverse_cumsum(w * cos).mul_(cos)
+    later_sin = _reverse_cumsum(w * sin).mul_(sin)
+    own = sin_sum.mul_(sin).add_(cos_sum.mul_(cos)).mul_(w)
+    return later_cos.add_(g).sub_(own).add_(later_sin), coupling_grad
+
+
+def _reverse_cumsum(x: torch.Tensor) -> torch.Tensor:
+    """Σ_{a >= b} x_a over positions (dim 2), as autograd differentiates a cumsum."""
+    return x.flip(2).cumsum(dim=2).flip(2)
 
 
 class PhaseAttention(nn.Module):
@@ -213,10 +370,10 @@ class PhaseAttention(nn.Module):
       position a never sees later ones, so ``step`` can decode incrementally.
 
     Both use mean_b sin(θ_a − θ_b) = sin θ_a · mean_b cos θ_b − cos θ_a · mean_b sin θ_b, which needs
-    O(B·H·T·N) memory instead of the published [B, H, T, T, N] tensor. The trigonometry runs in float32
-    whatever the input dtype (bf16 phases would be off by ~0.01 rad after one step). The code is plain
-    autograd and compiles without graph breaks: ``torch.compile`` fuses each Euler step's elementwise
-    chain and halves the saved activations (benchmarks/phase_layer.py).
+    O(B·H·T·N) memory instead of the published [B, H, T, T, N] tensor, and a hand-written backward
+    (:class:`PhaseDynamics`) that keeps only cos θ and sin θ per iteration. The trigonometry runs in
+    float32 whatever the input dtype (bf16 phases would be off by ~0.01 rad after one step). The layer
+    compiles without graph breaks (benchmarks/phase_layer.py measures ``torch.compile`` against eager).
 
     >>> layer = PhaseAttention(64, 4, 8, 1.0, 0.1, 10, 0.0)
     >>> y, R = layer(torch.randn(2, 5, 64), return_R=True)
@@ -247,27 +404,32 @@ class PhaseAttention(nn.Module):
         R = |mean over positions and oscillators of e^{iθ}| of the final phases, per batch and head;
         its mean is kept in the ``last_R_param`` buffer.
         """
-        theta = self._initial_phases(x)
-        if self.coupling_mode == "original":
-            theta = self._evolve_original(theta)
+        theta, omega, K = self._initial_phases(x), *self._frequencies_and_coupling()
+        causal = self.coupling_mode == "causal"
+        if torch.is_grad_enabled() and any(t.requires_grad for t in (theta, omega, K)):
+            theta = PhaseDynamics.apply(theta, omega, K, self.phase_iterations, causal)
+        elif causal:
+            theta, _ = evolve_causal(theta, omega, K, self.phase_iterations)
         else:
-            theta, _ = self._evolve_causal(theta, None)
+            theta = evolve_original(theta, omega, K, self.phase_iterations)
         R = torch.hypot(theta.cos().mean(dim=(2, 3)), theta.sin().mean(dim=(2, 3)))
         self.last_R_param.copy_(R.mean().detach())
         y = self._read_out(theta, x.dtype)
         return (y, R) if return_R else y
 
+    @torch.no_grad()
     def step(self, x: torch.Tensor, state: PhaseState | None = None) -> tuple[torch.Tensor, PhaseState]:
         """Causal mode only: process new positions ``x`` [B, T_new, d_model] after those in ``state``.
 
         Returns their output and the state extended by them; ``state=None`` starts a sequence.
         Feeding a sequence in pieces gives the same outputs as ``forward`` on the whole (to float
-        rounding). ``last_R_param`` is left alone.
+        rounding). For decoding: no gradients flow through it. ``last_R_param`` is left alone.
         """
         if self.coupling_mode != "causal":
             raise ValueError("coupling_mode 'original' couples every position to later ones, so it cannot "
                              "run incrementally; run the whole sequence through forward() instead")
-        theta, state = self._evolve_causal(self._initial_phases(x), state)
+        theta, state = evolve_causal(self._initial_phases(x), *self._frequencies_and_coupling(),
+                                     self.phase_iterations, state)
         return self._read_out(theta, x.dtype), state
 
     def _initial_phases(self, x: torch.Tensor) -> torch.Tensor:
@@ -276,41 +438,13 @@ class PhaseAttention(nn.Module):
         p = self.to_phase(x).float().view(B, T, self.n_heads, self.num_oscillators).transpose(1, 2)
         return torch.tanh(p) * math.pi
 
+    def _frequencies_and_coupling(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """ω as [H, 1, N] and K as [H, 1, 1], float32, to broadcast against θ [B, H, T, N]."""
+        return self.natural_freq.float()[:, None, :], self.coupling_matrix.float()
+
     def _read_out(self, theta: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         B, H, T, N = theta.shape
         return self.dropout(self.from_phase(theta.transpose(1, 2).reshape(B, T, H * N).to(dtype)))
-
-    def _euler_step(self, theta: torch.Tensor, coupling: torch.Tensor) -> torch.Tensor:
-        """θ + dt·(ω + K·coupling), wrapped into [-π, π)."""
-        omega = self.natural_freq.float()[:, None, :]  # [H, 1, N] against θ [B, H, T, N]
-        theta = theta + DT * (omega + self.coupling_matrix.float() * coupling)
-        return torch.remainder(theta + math.pi, 2 * math.pi) - math.pi
-
-    def _evolve_original(self, theta: torch.Tensor) -> torch.Tensor:
-        for _ in range(self.phase_iterations):
-            cos, sin = theta.cos(), theta.sin()
-            # mean_b sin(θ_a − θ_b) over every position b, the future included (the published sign)
-            coupling = sin * cos.mean(dim=2, keepdim=True) - cos * sin.mean(dim=2, keepdim=True)
-            theta = self._euler_step(theta, coupling)
-        return theta
-
-    def _evolve_causal(self, theta: torch.Tensor, state: PhaseState | None):
-        B, H, T, N = theta.shape
-        past = 0 if state is None else state.length
-        count = torch.arange(past + 1, past + T + 1, device=theta.device, dtype=theta.dtype)[:, None]
-        cos_sums, sin_sums = [], []
-        for i in range(self.phase_iterations):
-            cos, sin = theta.cos(), theta.sin()
-            cos_sum, sin_sum = cos.cumsum(dim=2), sin.cumsum(dim=2)  # sums over b <= a in this chunk
-            if state is not None:
-                cos_sum = cos_sum + state.cos_sum[i][:, :, None]
-                sin_sum = sin_sum + state.sin_sum[i][:, :, None]
-            cos_sums.append(cos_sum[:, :, -1])
-            sin_sums.append(sin_sum[:, :, -1])
-            # mean_{b<=a} sin(θ_b − θ_a) = cos θ_a · mean sin θ_b − sin θ_a · mean cos θ_b (textbook sign)
-            coupling = (cos * sin_sum - sin * cos_sum) / count
-            theta = self._euler_step(theta, coupling)
-        return theta, PhaseState(torch.stack(cos_sums), torch.stack(sin_sums), past + T)
 
 
 class Block(nn.Module):
@@ -420,7 +554,9 @@ class GPT2Model(nn.Module):
         """Incremental forward: logits for ``ids`` [B, T_new] that follow the positions in ``cache``.
 
         ``cache`` is the list (one state per block) the previous call returned, or None to start.
-        Works when every phase layer is causal; an "original" phase layer raises ValueError.
+        Attention layers extend their caches in place, so a cache serves one continuation: to branch
+        from a shared prompt, run the prompt again. For decoding: no gradients flow through phase
+        layers here. Works when every phase layer is causal; an "original" one raises ValueError.
         """
         start = 0 if cache is None else cache[0].length
         x = self.embed(ids, start)
