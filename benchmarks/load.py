@@ -22,6 +22,7 @@ turn contention into noise.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -31,8 +32,8 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-CORPUS = Path(os.environ.get("PHASEGPT_TEST_CORPUS", REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"))
+from _corpus import REPO, corpus
+
 WINNER = dict(vocab_size=65, d_model=768, n_layers=12, n_heads=12, d_ff=3072, max_seq_len=512, dropout=0.1,
               use_phase_attention=True, phase_layer_idx=[7], num_oscillators=32, coupling_strength=1.0)
 RUNS = 3
@@ -45,7 +46,9 @@ CHILD = {  # what each child process does after `import torch`, with PATH and CO
              "model = GPT2Model(**checkpoint['config']['model'])\n"
              "model.load_state_dict(checkpoint['model_state_dict'])\n"
              "model.eval()",
-    "ours": "from phasegpt_ckpt.checkpoint import load_checkpoint\n"
+    "ours": "from phasegpt_ckpt import console\n"
+            "from phasegpt_ckpt.checkpoint import load_checkpoint\n"
+            "console.quiet = True  # its notes (no vocabulary in the file, coupling mode assumed) are known\n"
             "model = load_checkpoint(PATH, data=CORPUS).model",
 }
 FORWARD = "\nwith torch.no_grad(): model(torch.zeros(1, 64, dtype=torch.long))"
@@ -76,7 +79,7 @@ def write_checkpoint(path: Path) -> None:
 
 def run_child(code: str, path: Path) -> tuple[float, int]:
     """(wall seconds, peak RSS bytes) of a fresh python running ``code``."""
-    script = f"import torch\nPATH, CORPUS = {str(path)!r}, {str(CORPUS)!r}\n{code}\n"
+    script = f"import torch\nPATH, CORPUS = {str(path)!r}, {str(corpus())!r}\n{code}\n"
     start = time.perf_counter()
     child = subprocess.Popen([sys.executable, "-c", script], cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
     _, status, usage = os.wait4(child.pid, 0)
@@ -87,6 +90,7 @@ def run_child(code: str, path: Path) -> tuple[float, int]:
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "best_model.pt"
         subprocess.run([sys.executable, __file__, "--write", str(path)], check=True)

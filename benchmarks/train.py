@@ -25,8 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from phasegpt_ckpt.checkpoint import corpus_path  # noqa: E402
-from phasegpt_ckpt.train import Placement, build_trainer, load_config, placement  # noqa: E402
+from _corpus import corpus as corpus_path  # noqa: E402
+from phasegpt_ckpt.distributed import Placement, placement  # noqa: E402
+from phasegpt_ckpt.run_config import load_config  # noqa: E402
+from phasegpt_ckpt.train import build_trainer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12),
@@ -81,7 +83,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, help="timed steps (default: 10 on CUDA, 2 on CPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the model first")
     parser.add_argument("--peak-tflops", type=float, help="peak bf16 TFLOP/s of the device, for MFU")
-    parser.add_argument("--data", type=Path, help="corpus (default: the tinyshakespeare artifact)")
+    parser.add_argument("--data", type=Path, help="corpus (default: $PHASEGPT_TEST_CORPUS, else ../shared's copy)")
     args = parser.parse_args()
     with placement(args.device) as where:  # the trainer's device choice, TF32 included
         report(where, args)

@@ -21,7 +21,6 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -32,6 +31,7 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from . import __version__, console
+from .atomic import atomic_path, fsync_directory, write_text
 from .errors import BadInput
 from .manifest import Artifact
 from .mirrors.base import MirrorBase
@@ -123,13 +123,13 @@ class Cache:
         self._dir("blobs")
         os.replace(part, blob)  # even over an equal blob: these bytes were just checked, the old ones not
         blob.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # a hard-linked --dest copy must not be edited in place
-        _fsync_dir(blob.parent)
+        fsync_directory(blob.parent)
         readable = place(blob, self._dir("artifacts", artifact.name), artifact.filename)
         receipt = Receipt(
             artifact=artifact.name, filename=artifact.filename, sha256=sha256, size=size, mirror=mirror,
             time=datetime.now(timezone.utc), tool_version=__version__, pinned=artifact.sha256 is not None, pin=pin,
         )
-        _write_atomic(self._dir("receipts") / f"{artifact.name}.json", receipt.model_dump_json(indent=2) + "\n")
+        write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{artifact.name}.json")
         shutil.rmtree(self.root / "partial" / artifact.name, ignore_errors=True)  # other mirrors' leftovers
         return readable
 
@@ -168,44 +168,23 @@ def place(path: Path, dest_dir: str | Path, filename: str) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)
         if final.exists() and os.path.samefile(path, final):
             return final
-        temp = dest_dir / f".{filename}.{uuid.uuid4().hex[:8]}.tmp"
-        try:
-            try:
-                os.link(path, temp)
-            except OSError:  # another filesystem, or one without hard links
+        if not _link(path, final):  # another filesystem, or one without hard links
+            with atomic_path(final) as temp:
                 shutil.copyfile(path, temp)
-                _fsync(temp)
-            os.replace(temp, final)
-        finally:
-            temp.unlink(missing_ok=True)
     except OSError as err:
         raise BadInput(f"cannot write {final}: {err.strerror}") from None
     return final
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same directory, fsync, rename."""
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _link(path: Path, final: Path) -> bool:
+    """Hard-link ``path`` at ``final`` in one rename (replacing what is there); False where links fail."""
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temp, path)
+        os.link(path, temp)
+    except OSError:
+        return False
+    try:
+        os.replace(temp, final)
     finally:
-        Path(temp).unlink(missing_ok=True)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as handle:
-        os.fsync(handle.fileno())
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        temp.unlink(missing_ok=True)
+    return True

@@ -15,25 +15,24 @@ Accepted files:
 - a bare state dict: the config is read off the tensor shapes (``--config`` where it cannot be);
 - a safetensors file written by :func:`convert`, config and vocabulary in its metadata.
 
+Whatever the file did not say and was assumed or looked up (a bare state dict's config, the coupling
+mode of a published file, a vocabulary from the corpus) is said once on stderr by the loader itself,
+so every command that loads a file says it.
+
 >>> ckpt = load_checkpoint("best_model.pt", data="input.txt")      # doctest: +SKIP
 >>> ckpt.model, ckpt.config.phase_layers, ckpt.coupling_mode, len(ckpt.vocab)  # doctest: +SKIP
 (GPT2Model(...), [7], 'original', 65)
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import json
-import os
 import pickle
 import re
-import shutil
-import tempfile
 import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Optional
 
 import torch
 import yaml
@@ -42,13 +41,19 @@ from safetensors.torch import save_model
 
 from model import GPT2Config, GPT2Model
 
-from .data import _read_text
+from . import console
+from .atomic import atomic_path, write_text
+from .data import CharDataset
 from .device import pick_device
+from .digest import hash_file
 from .errors import BadInput, VerificationFailed
+from .schedule import schedule_note
 
 TRAINING_FIELDS = ("epoch", "global_step", "best_val_loss", "best_val_ppl")
 SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our converter writes
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
+TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
 
 
 @dataclass
@@ -119,6 +124,7 @@ def load_checkpoint(
     if vocab is None:
         vocab, source = _corpus_vocabulary(data, locate_options)
         inferred.append(f"vocabulary from {source}")
+    _say(inferred, path)
     vocab = "".join(vocab)
     if len(vocab) != model_config.vocab_size:
         raise BadInput(f"the vocabulary has {len(vocab)} characters but the model's vocab_size is "
@@ -135,8 +141,6 @@ def load_checkpoint(
 
 def check_sha256(path: Path, expected: str) -> None:
     """Refuse ``path`` unless its sha256 is ``expected`` — before anything reads it as a checkpoint."""
-    from .transfer import hash_file  # the download stack loads only when a hash is to be checked
-
     _, actual = hash_file(path)
     if actual != expected.lower():
         raise VerificationFailed(f"{path} has sha256 {actual}, expected {expected.lower()}; not loading it")
@@ -263,16 +267,20 @@ def _read_safetensors(path: Path) -> _Contents:
 
 
 def _resolve_config(contents: _Contents, given) -> tuple[GPT2Config, dict, list[str]]:
-    """(model config, every config section, notes on what was inferred) for the file's weights."""
-    inferred: list[str] = []
+    """(model config, every config section, notes on what was inferred) for the file's weights.
+
+    The model section is the file's, or for a bare state dict what its shapes tell; ``given`` (the
+    caller's config) is laid over it, key by key, so it needs to say only what is missing or wrong.
+    """
+    given = _config_dict(given) if given is not None else None
+    carried = contents.extras.get("config")
+    if not (isinstance(carried, dict) and isinstance(carried.get("model"), dict)):
+        config, inferred = infer_config(contents.state, given and given["model"])
+        return config, {**(given or {}), "model": config.to_dict()}, inferred
+    full, inferred = carried, []
     if given is not None:
-        full = _config_dict(given)
-        inferred.append("model config given by the caller, not the file's")
-    elif isinstance(contents.extras.get("config"), dict) and isinstance(contents.extras["config"].get("model"), dict):
-        full = contents.extras["config"]
-    else:
-        config, inferred = infer_config(contents.state)
-        return config, {"model": config.to_dict()}, inferred
+        full = {**carried, **given, "model": {**carried["model"], **given["model"]}}
+        inferred.append(f"model settings {', '.join(given['model'])} given by the caller, over the file's")
     section = dict(full["model"])
     if "coupling_mode" not in section:
         section["coupling_mode"] = contents.extras.get("coupling_mode", "original")
@@ -299,11 +307,11 @@ def _config_dict(given) -> dict:
     return given if isinstance(given.get("model"), dict) else {"model": given}
 
 
-def infer_config(state: dict[str, torch.Tensor]) -> tuple[GPT2Config, list[str]]:
-    """Read a model config off a bare state dict's tensor shapes; say what was read.
+def infer_config(state: dict[str, torch.Tensor], given: Optional[dict] = None) -> tuple[GPT2Config, list[str]]:
+    """Read a model config off a bare state dict's tensor shapes, ``given`` settings laid over; say what was read.
 
     ``n_heads`` shows only in a phase layer's ``natural_freq`` [n_heads, num_oscillators]; a model
-    without phase layers needs ``--config``.
+    without phase layers needs it from ``--config``.
     """
     try:
         vocab_size, d_model = state["token_embedding.weight"].shape
@@ -314,20 +322,29 @@ def infer_config(state: dict[str, torch.Tensor]) -> tuple[GPT2Config, list[str]]
         raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding "
                        "or blocks.0.ffn are missing") from None
     phase_layers = [i for i in range(n_layers) if f"blocks.{i}.attention.natural_freq" in state]
-    if not phase_layers:
-        raise BadInput("a bare state dict without phase layers does not tell n_heads; "
-                       "pass --config FILE (a YAML with the model section)")
-    n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
-    settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, n_heads=n_heads, d_ff=d_ff,
-                    max_seq_len=max_seq_len, use_phase_attention=True, phase_layer_idx=phase_layers,
-                    num_oscillators=num_oscillators)
+    settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
+                    use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
+    if phase_layers:
+        n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
+        settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+    given = dict(given or {})
+    if "n_heads" not in settings and "n_heads" not in given:
+        raise BadInput("a bare state dict without phase layers does not tell n_heads; pass --config FILE "
+                       "(a YAML with `model: {n_heads: N}` and anything else the shapes cannot tell)")
     try:
-        config = GPT2Config(**settings, coupling_mode="original")
-    except ValueError as err:
-        raise BadInput(f"the shapes of these weights make no valid model: {err}") from None
-    shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "use_phase_attention")
-    return config, [f"model config read off the tensor shapes: {shown}",
-                    "coupling mode 'original' assumed (a bare state dict records none)"]
+        config = GPT2Config.from_dict({**settings, "coupling_mode": "original", **given})
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"the shapes of these weights and the config given make no valid model: {err}") from None
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "use_phase_attention" and k not in given)
+    notes = [f"model config read off the tensor shapes: {shown}"]
+    if given:
+        notes.append(f"model settings {', '.join(given)} given by the caller")
+    if "phase_iterations" not in given and phase_layers:
+        notes.append(f"phase_iterations {config.phase_iterations} assumed (the published code's; shapes do not show it)")
+    if "coupling_mode" not in given and phase_layers:
+        notes.append("coupling mode 'original' assumed (a bare state dict records none; "
+                     "pass --config with coupling_mode: causal for a causal model)")
+    return config, notes
 
 
 def _check_fit(model: GPT2Model, state: dict[str, torch.Tensor], config: GPT2Config, name: str) -> None:
@@ -377,8 +394,13 @@ def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: 
 def _corpus_vocabulary(data, locate_options) -> tuple[str, str]:
     path = corpus_path(data, **(locate_options or {}))
     source = f"the corpus {path}" if data is not None else "the tinyshakespeare artifact"
-    # CharDataset's rule (sorted distinct characters, §5) without encoding the corpus: a third of a load
-    return "".join(sorted(set(_read_text(path)))), source
+    return CharDataset(path).chars, source
+
+
+def _say(inferred: list[str], path: Path) -> None:
+    """What was not in the file, on stderr: a number measured on an assumed config must say so."""
+    for note in inferred:
+        console.log(f"note: {path.name}: {note}")
 
 
 def corpus_path(data: str | Path | None = None, **locate_options) -> Path:
@@ -390,21 +412,26 @@ def corpus_path(data: str | Path | None = None, **locate_options) -> Path:
     return Path(locate("tinyshakespeare", **locate_options).path)
 
 
-def describe(path: str | Path, *, config: GPT2Config | dict | str | Path | None = None) -> dict:
+def describe(path: str | Path, *, expected_sha256: Optional[str] = None,
+             config: GPT2Config | dict | str | Path | None = None) -> dict:
     """What ``info`` shows about a checkpoint, read without touching a single weight.
+
+    ``expected_sha256`` (a cached artifact's) is checked before a byte is unpickled, as
+    :func:`load_checkpoint` does. ``schedule`` says when a resumed run stretched its schedule.
 
     >>> describe("best_model.pt")["phase_layers"]                           # doctest: +SKIP
     [7]
     """
     path = Path(path)
+    if expected_sha256 is not None:
+        check_sha256(path, expected_sha256)
     contents = _read(path)
     extras = contents.extras
     try:
         model_config, _, inferred = _resolve_config(contents, config)
-        with _InitialisersSkipped():
-            parameters = sum(p.numel() for p in GPT2Model(config=model_config).parameters())
-    except BadInput as err:
-        model_config, inferred, parameters = None, [str(err)], None
+        _say(inferred, path)
+    except BadInput as err:  # the contents are still worth showing; the config's problem is shown with them
+        model_config, inferred = None, [str(err)]
     dtypes = Counter(str(tensor.dtype).removeprefix("torch.") for tensor in contents.state.values())
     weight_bytes = _tensor_bytes(contents.state)
     optimizer_bytes = _tensor_bytes(extras.get("optimizer_state_dict"))
@@ -413,7 +440,7 @@ def describe(path: str | Path, *, config: GPT2Config | dict | str | Path | None 
         "format": contents.kind,
         "file_bytes": path.stat().st_size,
         **{name: extras.get(name) for name in TRAINING_FIELDS},
-        "parameters": parameters,
+        "parameters": _parameter_count(contents.state),
         "phase_layers": sorted(int(BLOCK_KEY.match(k).group(1)) for k in contents.state
                                if k.endswith(".attention.natural_freq")),
         "coupling_mode": model_config.coupling_mode if model_config else None,
@@ -424,8 +451,15 @@ def describe(path: str | Path, *, config: GPT2Config | dict | str | Path | None 
         "other_bytes": path.stat().st_size - weight_bytes - optimizer_bytes,
         "vocab_in_file": "vocab" in extras,
         "rng_state": "rng_state" in extras,
+        "schedule": schedule_note(extras.get("schedule")),
         "inferred": inferred,
     }
+
+
+def _parameter_count(state: dict[str, torch.Tensor]) -> int:
+    """Parameters of the model a state dict fills, from its shapes: buffers left out, tied ones once."""
+    return sum(tensor.numel() for key, tensor in state.items()
+               if not key.endswith(BUFFERS) and TIED.get(key) not in state)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -447,11 +481,13 @@ def _tensor_bytes(obj: Any) -> int:
     return sum(seen.values())
 
 
-def export_config(path: str | Path, out: str | Path | None = None, *, expected_sha256: Optional[str] = None) -> str:
+def export_config(path: str | Path, out: str | Path | None = None, *, expected_sha256: Optional[str] = None,
+                  config: GPT2Config | dict | str | Path | None = None) -> str:
     """The checkpoint's config as YAML (the seed's "Extract Configuration"); also written to ``out``.
 
     Every section the file carries (``model``, ``training``, ``data``, ...) as it carries them; a
-    bare state dict gives the ``model`` section read off its shapes. No weight is read.
+    bare state dict gives the ``model`` section read off its shapes, or ``config``'s where the shapes
+    cannot tell it (as :func:`load_checkpoint` would load it). No weight is read.
 
     >>> print(export_config("best_model.pt"))                               # doctest: +SKIP
     model:
@@ -462,11 +498,10 @@ def export_config(path: str | Path, out: str | Path | None = None, *, expected_s
     path = Path(path)
     if expected_sha256 is not None:
         check_sha256(path, expected_sha256)
-    _, full_config, _ = _resolve_config(_read(path), None)
+    _, full_config, _ = _resolve_config(_read(path), config)
     text = yaml.safe_dump(full_config, sort_keys=False)
     if out is not None:
-        with atomic_path(Path(out)) as temp:
-            temp.write_text(text, encoding="utf-8")
+        write_text(text, out)
     return text
 
 
@@ -487,42 +522,9 @@ def convert(ckpt: LoadedCheckpoint, out: str | Path) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path beside ``final`` to write; fsynced and renamed onto ``final`` only on success."""
-    final = Path(final)
-    try:
-        fd, temp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp")
-    except OSError as err:
-        raise BadInput(f"cannot write {final}: {err.strerror}") from None
-    os.close(fd)
-    try:
-        yield Path(temp)
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temp, final)
-    except (OSError, RuntimeError) as err:
-        if not _disk_full(err, final.parent):
-            raise
-        raise BadInput(f"disk full while writing {final}: free space and run again; "
-                       f"the previous {final.name}, if any, is untouched") from None
-    finally:
-        Path(temp).unlink(missing_ok=True)
-
-
-def _disk_full(err: Optional[BaseException], directory: Path) -> bool:
-    """ENOSPC anywhere in the chain, or no space left at all: torch's C++ writer reports a full
-    disk as a bare RuntimeError ("unexpected pos", "iostream error")."""
-    while err is not None:
-        if getattr(err, "errno", None) == errno.ENOSPC:
-            return True
-        err = err.__context__
-    return shutil.disk_usage(directory).free == 0
-
-
-def inference_autocast(device: torch.device):
-    """bf16 autocast on a CUDA device that supports it (the phase trigonometry stays float32 in the
-    model); full precision elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    """``torch.save`` through a temporary file beside ``path``: no truncated file, ever."""
+    path = Path(path)
+    with atomic_path(path) as temp:
+        torch.save(checkpoint, temp)
+    return path

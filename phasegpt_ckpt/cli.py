@@ -14,6 +14,8 @@ import typer
 from . import console
 from .errors import PhasegptError
 
+INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM
+
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
@@ -43,7 +45,7 @@ def _global(
         None, "--cache-dir", envvar="PHASEGPT_CACHE", help="Cache directory (default: the user cache)."
     ),
     offline: bool = typer.Option(
-        False, "--offline", envvar="PHASEGPT_OFFLINE", help="Use the cache only; never touch the network."
+        False, "--offline", envvar="PHASEGPT_OFFLINE", help="Use the cache and local mirrors only; never touch the network."
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines on stderr."),
 ) -> None:
@@ -55,8 +57,9 @@ def _global(
 # Engine modules are imported inside the commands: `--help` and unrelated commands stay fast.
 
 JSON_OUTPUT = typer.Option(False, "--json", help="Print one JSON document on stdout.")
-DATA_OPTION = typer.Option(None, "--data", help="Corpus text file (default: the tinyshakespeare artifact).")
-DEVICE_OPTION = typer.Option("auto", "--device", help="auto, cpu, cuda or mps (CUDA runs in bf16 autocast).")
+DATA_OPTION = typer.Option(None, "--data", help="Corpus text file (default: the verified tinyshakespeare artifact).")
+DEVICE_OPTION = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps; "
+                             "CUDA runs in bf16 autocast.")
 MODEL_CONFIG_OPTION = typer.Option(None, "--config", help="Model config YAML, for a bare state dict whose "
                                    "shapes do not tell it (n_heads without a phase layer).")
 
@@ -83,13 +86,22 @@ def list_artifacts(json_output: bool = JSON_OUTPUT) -> None:
     rows = rows_of(manifest=_manifest(), cache=_cache())
     if json_output:
         return console.print_json(rows)
-    table = Table("artifact", "kind", "size", "sha256", "cached", "mirrors (in order)")
+    unpublished = any(not m["published"] for row in rows for m in row["mirrors"])
+    table = Table(caption="* listed, not published yet" if unpublished else None, caption_justify="left")
+    table.add_column("artifact", no_wrap=True)  # what every other command is given: never cut
+    for column in ("kind", "size", "sha256", "cached", "mirrors, in order"):
+        table.add_column(column)
     for row in rows:
-        mirrors = ", ".join(m["type"] + ("" if m["published"] else " (unpublished)") for m in row["mirrors"])
-        sha256 = row["sha256"][:12] + "…" if row["sha256"] else "not published"
+        mirrors = ", ".join(m["type"] + ("" if m["published"] else "*") for m in row["mirrors"])
+        sha256 = row["sha256"][:10] + "…" if row["sha256"] else "unpublished"
         cached = "no" if row["cached"] is None else "yes" if row["cached"].startswith("pinned") else "yes, unpinned"
-        table.add_row(row["name"], row["kind"], str(row["size"] or "?"), sha256, cached, mirrors)
+        table.add_row(row["name"], row["kind"], _megabytes(row["size"]), sha256, cached, mirrors)
     console.stdout.print(table)
+
+
+def _megabytes(size: Optional[int]) -> str:
+    """``1115394`` → ``1.1 MB``; None → ``?`` (not published)."""
+    return "?" if size is None else f"{size / 1e6:.1f} MB" if size >= 100_000 else f"{size} B"
 
 
 @app.command()
@@ -106,6 +118,8 @@ def fetch(
     from .fetch import fetch as fetch_artifact
 
     manifest, cache, documents, failure = _manifest(), _cache(), [], None
+    for name in names or []:
+        manifest.artifact(name)  # every name is checked before anything moves
     for name in names or [None]:
         try:
             fetched = fetch_artifact(name, manifest=manifest, cache=cache, mirror_type=mirror,
@@ -117,6 +131,8 @@ def fetch(
             failure = failure or err
             continue
         documents.append(asdict(fetched))
+        if any(outcome.status != "ok" for outcome in fetched.outcomes):
+            _show_outcomes(fetched.outcomes)  # say which mirrors were skipped, and why
         if not json_output:
             _print_fetched(fetched)
     if json_output:
@@ -153,11 +169,12 @@ def verify(
                                    "also the PPL of predicting each position from its prefix only."),
     causality_windows: int = typer.Option(4, "--causality-windows", min=1,
                                           help="Validation windows the causality audit uses (its cost grows with them)."),
+    model_config: Optional[Path] = MODEL_CONFIG_OPTION,
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Re-hash files and check size and sha256 against the manifest, the receipt and the metadata JSON.
 
-    With --eval, also what the checkpoint does: validation loss, PPL and R against the claims."""
+    With --eval, also what a checkpoint does: validation loss, PPL and R against the claims."""
     from .errors import VerificationFailed
     from .verify import verify as verify_ref, verify_cached
 
@@ -177,7 +194,7 @@ def verify(
                 console.log(f"evaluating {verdict.subject} on the validation split ...")
                 reports[id(verdict)] = evaluate_verdict(
                     verdict, manifest=manifest, cache=cache, offline=options.offline, data=data, device=device,
-                    causality=causality, causality_windows=causality_windows)
+                    causality=causality, causality_windows=causality_windows, config=model_config)
     if json_output:
         console.print_json([{**verdict.as_dict(), **({"evaluation": reports[id(verdict)].to_dict()}
                                                     if id(verdict) in reports else {})} for verdict in verdicts])
@@ -198,17 +215,27 @@ def verify(
 @app.command()
 def info(
     ref: Optional[str] = typer.Argument(None, help="Artifact name or file path (default: the manifest's default)."),
+    model_config: Optional[Path] = MODEL_CONFIG_OPTION,
     json_output: bool = JSON_OUTPUT,
 ) -> None:
-    """What is known about an artifact or file: manifest entry, cache receipt, metadata JSON, and for a
-    checkpoint what it holds (epoch, step, best loss/PPL, parameters, phase layers, coupling mode, bytes)."""
+    """What is known about an artifact or file: manifest entry, receipt, metadata JSON, checkpoint contents.
+
+    For a checkpoint: epoch, step, best loss/PPL, parameters, phase layers, coupling mode, dtypes,
+    and the bytes of weights vs optimizer state — read without loading a weight."""
     from .checkpoint import describe
+    from .errors import BadInput
     from .fetch import artifact_info
 
     facts = artifact_info(ref, manifest=_manifest(), cache=_cache(), offline=options.offline)
     kind = facts.get("artifact", {}).get("kind")
     if facts["path"] is not None and kind in (None, "checkpoint"):
-        facts["checkpoint"] = describe(facts["path"])
+        try:  # a cached artifact's sha256 is checked before a byte of it is unpickled
+            facts["checkpoint"] = describe(facts["path"], expected_sha256=(facts["receipt"] or {}).get("sha256"),
+                                           config=model_config)
+        except BadInput as err:  # a file no artifact vouches for may be anything; a refused pickle still fails
+            if kind is not None:
+                raise
+            facts["checkpoint"] = {"not a checkpoint": str(err)}
     if json_output:
         return console.print_json(facts)
     _print_facts(facts)
@@ -248,9 +275,13 @@ def generate(
 @app.command()
 def analyze(
     ref: Optional[str] = typer.Argument(None, help="Artifact name or checkpoint path (default: the manifest's default)."),
-    num_tokens: int = typer.Option(512, "--num-tokens", help="Validation characters to run (windows of max_seq_len)."),
+    num_tokens: int = typer.Option(512, "--num-tokens", min=1, help="Characters per window (cut to the model's "
+                                   "max_seq_len)."),
+    windows: int = typer.Option(16, "--windows", min=1, help="Validation windows of --num-tokens characters; "
+                                "R's mean and std run over them."),
     device: str = DEVICE_OPTION,
     data: Optional[Path] = DATA_OPTION,
+    model_config: Optional[Path] = MODEL_CONFIG_OPTION,
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Synchronisation of each phase layer: order parameter R per layer and head (mean, std) and coupling K."""
@@ -258,15 +289,15 @@ def analyze(
 
     from .analyze import analyze_checkpoint
 
-    located = _locate(ref)
-    stats = analyze_checkpoint(located.path, num_tokens=num_tokens, device=device, data=data,
-                               expected_sha256=located.sha256, locate_options=_locate_options())
+    located, found_with = _locate(ref)
+    stats = analyze_checkpoint(located.path, num_tokens=num_tokens, device=device, windows=windows, data=data,
+                               config=model_config, expected_sha256=located.sha256, locate_options=found_with)
     if json_output:
         return console.print_json(stats)
     if stats["R_mean"] is None:
         return console.stdout.print(f"{located.path}: no phase layer, nothing to analyze", markup=False)
-    console.stdout.print(f"{located.path}: R {stats['R_mean']:.4f} ± {stats['R_std']:.4f} over "
-                         f"{stats['num_tokens']} tokens ({stats['coupling_mode']} coupling)", markup=False)
+    console.stdout.print(f"{located.path}: R {stats['R_mean']:.4f} ± {stats['R_std']:.4f} over {stats['windows']} "
+                         f"windows of {stats['num_tokens']} tokens ({stats['coupling_mode']} coupling)", markup=False)
     table = Table("layer", "head", "R mean", "R std", "K")
     for layer in stats["layers"]:
         for head in layer["heads"]:
@@ -279,12 +310,13 @@ def analyze(
 def config_command(
     ref: Optional[str] = typer.Argument(None, help="Artifact name or checkpoint path (default: the manifest's default)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the YAML here (default: stdout)."),
+    model_config: Optional[Path] = MODEL_CONFIG_OPTION,
 ) -> None:
     """The checkpoint's config as YAML, every section it carries, ready for `train --config`."""
     from .checkpoint import export_config
 
-    located = _locate(ref)
-    text = export_config(located.path, output, expected_sha256=located.sha256)
+    located, _ = _locate(ref)
+    text = export_config(located.path, output, expected_sha256=located.sha256, config=model_config)
     if output is None:
         _write(text)
     else:
@@ -310,23 +342,67 @@ def convert(
     console.stdout.print(str(out), markup=False)
 
 
-def _locate(ref: Optional[str]):
-    from .fetch import locate
+@app.command()
+def publish(
+    path: Path = typer.Argument(..., help="The checkpoint file to publish."),
+    name: str = typer.Option(..., "--name", help="Its artifact name in the manifest (added, or updated in place)."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="The manifest to write (default: the global "
+                                            "--manifest, else $PHASEGPT_MANIFEST, else the shipped one)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Upload to the Hub: hf:ORG/REPO (created if your token may; "
+                                     "token from HF_TOKEN or the saved login). The mirror is pinned to the commit."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint for --to (default: $HF_ENDPOINT, "
+                                           "else huggingface.co); written into the mirror when given."),
+    record: Optional[list[str]] = typer.Option(None, "--record", help="List a record published by hand, once its "
+                                               "size and hash agree with the file: zenodo:ID, zenodo:DOI or osf:GUID."),
+    evaluate: bool = typer.Option(False, "--eval", help="Measure validation PPL and R in float32 and write them "
+                                  "as the claims (what `verify --eval` reproduces)."),
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0, help="With --eval: each claim's tolerance, "
+                                              "as a fraction of its value (default 0.005 = 0.5%)."),
+    data: Optional[Path] = DATA_OPTION,
+    device: str = typer.Option("cpu", "--device", help="With --eval: where to measure (cpu: float32; CUDA runs bf16)."),
+    json_output: bool = JSON_OUTPUT,
+) -> None:
+    """Hash a checkpoint, write its metadata JSON beside it, upload it, and add it to the manifest.
 
-    return locate(ref, **_locate_options())
+    The manifest keeps its order and comments; it is validated before it is replaced."""
+    from dataclasses import asdict
+
+    from .publish import hub_repo_of, publish as publish_checkpoint
+
+    published = publish_checkpoint(
+        path, name, manifest=manifest or options.manifest, hub_repo=to and hub_repo_of(to), endpoint=endpoint,
+        records=record or [], measure=evaluate, data=data, device=device, cache=_cache(),
+        **({} if tolerance is None else {"tolerance": tolerance}))  # else publish's own default
+    if json_output:
+        return console.print_json(asdict(published))
+    console.stdout.print(f"{published.name}: sha256 {published.sha256}, {published.size} bytes", markup=False)
+    for claim, c in published.claims.items():
+        console.stdout.print(f"  claim {claim}: {c['value']:g} ± {c['tolerance']:g}", markup=False)
+    console.stdout.print(f"  metadata {published.metadata}: {published.metadata_path}", markup=False)
+    console.stdout.print(f"  mirrors: {', '.join(published.mirrors) or 'none'}", markup=False)
+    console.stdout.print(f"  manifest {published.manifest} updated", markup=False)
 
 
 def _locate_options() -> dict:
+    """The manifest, cache and offline mode of the global options, as the API's keyword arguments."""
     return {"manifest": _manifest(), "cache": _cache(), "offline": options.offline}
+
+
+def _locate(ref: Optional[str]):
+    """(``NAME|PATH`` as a local file, the options it was found with: for what the loader fetches next)."""
+    from .fetch import locate
+
+    found_with = _locate_options()
+    return locate(ref, **found_with), found_with
 
 
 def _load(ref: Optional[str], *, data: Optional[Path], device: str, config: Optional[Path]):
     """``NAME|PATH`` located (fetched if needed) and loaded; the sha256 of a cached artifact checked first."""
     from .checkpoint import load_checkpoint
 
-    located = _locate(ref)
+    located, found_with = _locate(ref)
     return load_checkpoint(located.path, expected_sha256=located.sha256, config=config, data=data, device=device,
-                           locate_options=_locate_options())
+                           locate_options=found_with)
 
 
 def _write(text: str) -> None:
@@ -342,7 +418,7 @@ def _print_fetched(fetched) -> None:
 
 
 def _show_outcomes(outcomes) -> None:
-    """The per-mirror outcome table, on stderr: it explains an error."""
+    """The per-mirror outcome table, on stderr: it explains an error, or the mirrors skipped on the way."""
     from rich.table import Table
 
     if not outcomes:
@@ -399,8 +475,6 @@ def _print_facts(facts: dict, indent: int = 0) -> None:
 
 # -- training: train, resume (also under torchrun: rank 0 alone writes and prints) ---------------
 
-DEVICE = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps.")
-DATA = typer.Option(None, "--data", help="Corpus file (default: the verified tinyshakespeare artifact).")
 PLOT = typer.Option(False, "--plot", help="Also write training.png: loss, PPL and R per epoch (needs matplotlib).")
 COMPILE = typer.Option(False, "--compile", help="torch.compile the model (pays off on CUDA after a warm-up).")
 
@@ -409,9 +483,9 @@ COMPILE = typer.Option(False, "--compile", help="torch.compile the model (pays o
 def train(
     config: str = typer.Option(..., "--config", help="A shipped config NAME (tiny, phase_a_winner, baseline, ...) or a YAML PATH."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs in total (overrides training.max_epochs)."),
-    save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Where checkpoints go (default: checkpoints/<experiment name>)."),
-    data: Optional[Path] = DATA,
-    device: str = DEVICE,
+    save_dir: Optional[Path] = typer.Option(None, "--save-dir", "--save_dir", help="Where checkpoints go (default: checkpoints/<experiment name>; --save_dir as the seed writes it works too)."),
+    data: Optional[Path] = DATA_OPTION,
+    device: str = DEVICE_OPTION,
     plot: bool = PLOT,
     compile: bool = COMPILE,
     json_output: bool = JSON_OUTPUT,
@@ -428,9 +502,9 @@ def train(
 def resume(
     model: Optional[str] = typer.Option(None, "--model", help="Checkpoint: artifact NAME or file PATH (default: the manifest's default)."),
     epochs: int = typer.Option(..., "--epochs", min=1, help="Epochs in total; beyond the planned total the schedule is extended."),
-    save_dir: Optional[Path] = typer.Option(None, "--save-dir", help="Where checkpoints go (default: beside a PATH, checkpoints/<NAME> for an artifact)."),
-    data: Optional[Path] = DATA,
-    device: str = DEVICE,
+    save_dir: Optional[Path] = typer.Option(None, "--save-dir", "--save_dir", help="Where checkpoints go (default: beside a PATH, checkpoints/<NAME> for an artifact)."),
+    data: Optional[Path] = DATA_OPTION,
+    device: str = DEVICE_OPTION,
     plot: bool = PLOT,
     compile: bool = COMPILE,
     json_output: bool = JSON_OUTPUT,
@@ -441,10 +515,6 @@ def resume(
     result = run_resume(model, epochs=epochs, save_dir=save_dir, data=data, device=device, plot=plot,
                         compile=compile, locate_options=_locate_options())
     _print_run(result, json_output)
-
-
-def _locate_options() -> dict:
-    return {"manifest": _manifest(), "cache": _cache(), "offline": options.offline}
 
 
 def _print_run(result, json_output: bool) -> None:
@@ -466,17 +536,19 @@ def _print_run(result, json_output: bool) -> None:
 
 def main() -> None:
     """Console-script entry point: one line and an exit code for every expected failure."""
-    import click
-
     try:
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="phasegpt-ckpt")
     except PhasegptError as err:
         console.stderr.print(f"error: {err}", markup=False)
         sys.exit(err.exit_code)
-    except (KeyboardInterrupt, click.Abort):
-        console.stderr.print("interrupted", markup=False)
-        sys.exit(130)
-    except click.ClickException as err:  # usage errors: click's own one-line message
-        err.show()
+    except (KeyboardInterrupt, typer.Abort):
+        code = INTERRUPTED
+    except typer.TyperException as err:  # a usage error (typer's own click): one line, exit 2
+        message, context = err.format_message().rstrip("."), getattr(err, "ctx", None)
+        if message:  # none after the help a bare `phasegpt-ckpt` prints
+            hint = f"; see `{context.command_path} --help`" if context else ""
+            console.stderr.print(f"error: {message}{hint}", markup=False)
         sys.exit(2)
+    if code == INTERRUPTED:  # typer turns Ctrl-C inside a command into this code
+        console.stderr.print("interrupted", markup=False)
     sys.exit(code or 0)

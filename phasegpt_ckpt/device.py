@@ -1,5 +1,7 @@
-"""Device choice shared by every command: ``auto`` means cuda, then mps, then cpu."""
+"""Device choice shared by every command (``auto`` means cuda, then mps, then cpu), and its precision."""
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
@@ -30,3 +32,11 @@ def pick_device(name: str | torch.device = "auto") -> torch.device:
     if kind == "mps" and not torch.backends.mps.is_available():
         raise BadInput("--device mps asked for, but this machine has no MPS backend; use --device cpu")
     return torch.device(name)
+
+
+def inference_autocast(device: torch.device):
+    """bf16 autocast on a CUDA device that supports it (the phase trigonometry stays float32 in the
+    model); full precision elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()

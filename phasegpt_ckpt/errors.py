@@ -28,8 +28,10 @@ class MirrorFailed(PhasegptError):
     """One mirror could not deliver; ``outcome`` is a short tag for the outcome table.
 
     Raised by providers and the transfer engine; caught by ``fetch``, which moves on
-    to the next mirror. It never escapes ``fetch``.
+    to the next mirror. Should one escape, it means what a failed fetch means.
     """
+
+    exit_code = 3
 
     def __init__(self, outcome: str, message: str):
         super().__init__(message)

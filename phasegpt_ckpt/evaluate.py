@@ -1,8 +1,9 @@
 """Validation numbers for a model and the check of what its authors claim about them.
 
 PPL is exp of the token-weighted mean negative log-likelihood over the non-overlapping validation
-windows (block size = the model's ``max_seq_len``), so every validation character counts once. (The
-published code reported the mean over batches of exp(batch loss), which is never lower.)
+windows, so every validation character counts once. The windows are as long as the checkpoint was
+validated with: its config's ``data.block_size``, else the model's ``max_seq_len``. (The published
+code reported the mean over batches of exp(batch loss), which is never lower.)
 
 The causality audit asks whether that PPL is one a text generator can reach: it perturbs the end of a
 few windows and watches the logits before the change; where they move (original coupling mode), it
@@ -25,18 +26,22 @@ from torch.utils.data import DataLoader
 
 from model import GPT2Model
 
+from . import console
 from .cache import Cache
-from .checkpoint import corpus_path, inference_autocast, load_checkpoint
+from .checkpoint import LoadedCheckpoint, corpus_path, load_checkpoint
 from .data import get_dataloaders
-from .device import pick_device
-from .errors import PhasegptError
+from .device import inference_autocast, pick_device
+from .errors import BadInput, PhasegptError
 from .fetch import fetch_metadata
 from .generate import recomputed_from
 from .manifest import Manifest
-from .verify import FAIL, NOT_PUBLISHED, OK, UNAVAILABLE, Check, Verdict
+from .metadata import CheckpointInfo, load_metadata
+from .verify import FAIL, OK, UNAVAILABLE, Check, Verdict
 
 DEPENDENCE_THRESHOLD = 1e-4  # |Δlogit| above float32 rounding: the earlier positions saw the change
-CLAIM_STATUS = {"pass": OK, "FAIL": FAIL, "no tolerance": NOT_PUBLISHED, "not measured": UNAVAILABLE}  # -> verify rows
+# A claim stated without a tolerance (the metadata JSON's numbers) is shown beside the measurement, never judged.
+NO_TOLERANCE = "no tolerance"
+CLAIM_STATUS = {"pass": OK, "FAIL": FAIL, "no tolerance": NO_TOLERANCE, "not measured": UNAVAILABLE}  # -> verify rows
 MEASURED = {  # claim name (manifest / metadata JSON) -> Measurement attribute
     "validation_ppl": "ppl",
     "validation_loss": "loss",
@@ -65,6 +70,20 @@ class Measurement:
     def R_mean(self) -> Optional[float]:
         """Mean R over every phase layer (the published models have one)."""
         return sum(layer.mean for layer in self.R) / len(self.R) if self.R else None
+
+    @property
+    def R_std(self) -> Optional[float]:
+        """Population std of every (layer, window, head) value: each layer's spread plus the spread
+        between layers (each layer holds as many values, so its variance and offset weigh alike)."""
+        if not self.R:
+            return None
+        mean = self.R_mean
+        return math.sqrt(sum(layer.std**2 + (layer.mean - mean) ** 2 for layer in self.R) / len(self.R))
+
+    def summary(self) -> dict:
+        """The numbers as a metrics row names them (the trainer's rows, the metadata JSON's source)."""
+        return {"val_loss": self.loss, "val_ppl": self.ppl, "R": self.R_mean, "R_std": self.R_std,
+                "val_tokens": self.tokens}
 
 
 @dataclass
@@ -180,6 +199,7 @@ def audit_causality(model: GPT2Model, val_loader: DataLoader, *, windows: int = 
     window, the blocks from it up once per prefix length (all windows of a length in one batch).
     """
     device = pick_device(device)
+    was_training = model.training
     model.to(device).eval()
     x, y = _first_windows(val_loader, windows)
     x, y = x.to(device), y.to(device)
@@ -194,6 +214,7 @@ def audit_causality(model: GPT2Model, val_loader: DataLoader, *, windows: int = 
         audit = CausalityAudit(x.shape[0], cut, change, math.exp(full_nll), None)
         if audit.depends_on_future:
             audit.generation_consistent_ppl = math.exp(_prefix_only_nll(model, x, y))
+    model.train(was_training)
     return audit
 
 
@@ -271,8 +292,8 @@ def evaluate_checkpoint(
 ) -> EvalReport:
     """Load ``path``, measure it on the validation split, check ``claims``, audit causality if asked.
 
-    The corpus is ``data`` or the ``tinyshakespeare`` artifact; windows are the model's ``max_seq_len``;
-    ``config`` is as for :func:`~phasegpt_ckpt.checkpoint.load_checkpoint`.
+    The corpus is ``data`` or the ``tinyshakespeare`` artifact; windows are :func:`block_size_of` the
+    checkpoint; ``config`` is as for :func:`~phasegpt_ckpt.checkpoint.load_checkpoint`.
 
     >>> report = evaluate_checkpoint("best_model.pt",
     ...                              claims=[("validation_ppl", 4.85, 0.05, "manifest")])  # doctest: +SKIP
@@ -281,25 +302,35 @@ def evaluate_checkpoint(
     device = pick_device(device)
     corpus = corpus_path(data, **(locate_options or {}))
     ckpt = load_checkpoint(path, expected_sha256=expected_sha256, config=config, data=corpus, device=device)
-    _, val_loader = get_dataloaders(corpus, block_size=ckpt.config.max_seq_len, batch_size=batch_size,
-                                    vocab=ckpt.vocab)
+    _, val_loader = get_dataloaders(corpus, block_size=block_size_of(ckpt), batch_size=batch_size, vocab=ckpt.vocab)
     measurement = measure(ckpt.model, val_loader, device=device)
     audit = audit_causality(ckpt.model, val_loader, windows=causality_windows, device=device) if causality else None
     return EvalReport(Path(path), ckpt.coupling_mode, measurement, check_claims(claims or [], measurement), audit)
+
+
+def block_size_of(ckpt: LoadedCheckpoint) -> int:
+    """The window length the checkpoint was validated with: its config's ``data.block_size``, else
+    the model's ``max_seq_len`` — its claims were measured so, and only so do they reproduce."""
+    data = ckpt.full_config.get("data")
+    block_size = data.get("block_size") if isinstance(data, dict) else None
+    if block_size is None:
+        return ckpt.config.max_seq_len
+    if type(block_size) is not int or not 1 <= block_size <= ckpt.config.max_seq_len:
+        raise BadInput(f"{ckpt.path}: data.block_size {block_size!r} is not a window length from 1 to the "
+                       f"model's max_seq_len {ckpt.config.max_seq_len}")
+    return block_size
 
 
 def evaluate_verdict(verdict: Verdict, *, manifest: Manifest, cache: Cache, offline: Optional[bool] = None,
                      **options) -> EvalReport:
     """``verify --eval``: measure a verified file and add one row per claim to ``verdict.checks``.
 
-    The claims are its artifact's (manifest) and its metadata JSON's; ``options`` go to
-    :func:`evaluate_checkpoint` (``data``, ``device``, ``causality``, ...). A failed claim fails
-    the verdict.
+    The claims are its artifact's (manifest) and its metadata JSON's, or for a file no artifact
+    vouches for, those of a ``<stem>_info.json`` beside it that describes these bytes (where train
+    and the seed's layout put it); ``options`` go to :func:`evaluate_checkpoint` (``data``,
+    ``device``, ``causality``, ...). A failed claim fails the verdict.
     """
-    metadata = None
-    if verdict.artifact is not None:
-        with contextlib.suppress(PhasegptError):  # verify's own row already says why it is unavailable
-            metadata = fetch_metadata(verdict.artifact, manifest=manifest, cache=cache, offline=offline)
+    metadata = _metadata_of(verdict, manifest, cache, offline)
     report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata),
                                  locate_options={"manifest": manifest, "cache": cache, "offline": offline}, **options)
     for check in report.checks:
@@ -307,3 +338,23 @@ def evaluate_verdict(verdict: Verdict, *, manifest: Manifest, cache: Cache, offl
         measured = None if check.measured is None else f"{check.measured:.4f}"
         verdict.checks.append(Check(f"{check.claim} ({check.source})", expected, measured, CLAIM_STATUS[check.verdict]))
     return report
+
+
+def _metadata_of(verdict: Verdict, manifest: Manifest, cache: Cache, offline: Optional[bool]) -> Optional[CheckpointInfo]:
+    if verdict.artifact is not None:
+        with contextlib.suppress(PhasegptError):  # verify's own row already says why it is unavailable
+            return fetch_metadata(verdict.artifact, manifest=manifest, cache=cache, offline=offline)
+        return None
+    beside = verdict.path.with_name(f"{verdict.path.stem}_info.json")
+    if not beside.is_file():
+        return None
+    try:
+        info = load_metadata(beside)
+    except BadInput as err:
+        console.warn(f"ignoring {beside.name}: {err}")
+        return None
+    if info.sha256 not in (None, verdict.sha256):
+        console.warn(f"ignoring {beside.name}: it describes other bytes (sha256 {info.sha256})")
+        return None
+    console.log(f"claims from {beside}")
+    return info

@@ -76,8 +76,8 @@ def fetch(
     """Get artifact ``name`` (the manifest's default when None) as a verified local file.
 
     ``mirror_type`` tries only mirrors of that type; ``offline`` (default: ``$PHASEGPT_OFFLINE``)
-    uses the cache only; ``dest`` also places the file at ``dest/<filename>``; ``policy`` sets
-    the timeouts and retries of each transfer (default: :class:`RetryPolicy`). Concurrent calls
+    uses the cache and ``local`` mirrors only; ``dest`` also places the file at ``dest/<filename>``;
+    ``policy`` sets the timeouts and retries of each transfer (default: :class:`RetryPolicy`). Concurrent calls
     for one artifact, from threads or processes, transfer it once.
     Raises ``MirrorsExhausted`` (with ``.outcomes``) when no mirror delivers.
     """
@@ -88,10 +88,14 @@ def fetch(
     with cache.lock(artifact.name):
         fetched = _from_cache(artifact, cache)
         if fetched is None and _offline(offline):
-            raise MirrorsExhausted(
-                f"{artifact.name} is not in the cache ({cache.root}) and offline mode forbids downloading; "
-                f"`phasegpt-ckpt import {artifact.name} FILE` adds a copy you already have"
-            )
+            mirrors = [mirror for mirror in mirrors if isinstance(mirror, LocalMirror)]  # a disk needs no network
+            if not mirrors:
+                alternative = _offline_alternative(artifact, manifest, cache)
+                raise MirrorsExhausted(
+                    f"{artifact.name} is not in the cache ({cache.root}) and offline mode forbids downloading; "
+                    f"`phasegpt-ckpt import {artifact.name} FILE` adds a copy you already have"
+                    + (f", or `--model {alternative}` works offline" if alternative else "")
+                )
         if fetched is None:
             fetched = _from_mirrors(artifact, mirrors, cache, manifest, policy)
     if dest is not None:
@@ -282,12 +286,15 @@ def _preflight(artifact: Artifact, source: Source) -> tuple[Optional[str], str]:
     """
     if artifact.size is not None and source.size is not None and source.size != artifact.size:
         raise MirrorFailed("disagrees: provider size ≠ manifest",
-                           f"it has {source.size} bytes, the manifest says {artifact.size}; skipping it")
+                           f"it has {source.size} bytes, the manifest says {artifact.size}")
+    if artifact.md5 is not None and source.md5 is not None and source.md5.lower() != artifact.md5:
+        raise MirrorFailed("disagrees: provider md5 ≠ manifest",
+                           f"it publishes md5 {source.md5.lower()}, the manifest says {artifact.md5}")
     published = source.sha256.lower() if source.sha256 else None
     if artifact.sha256 is not None:
         if published not in (None, artifact.sha256):
             raise MirrorFailed("disagrees: provider sha256 ≠ manifest",
-                               f"it publishes sha256 {published}, the manifest says {artifact.sha256}; skipping it")
+                               f"it publishes sha256 {published}, the manifest says {artifact.sha256}")
         return artifact.sha256, "pinned (manifest sha256)"
     if published is not None:
         return published, "unpinned (provider sha256)"

@@ -26,19 +26,34 @@ from pathlib import Path
 from typing import Annotated, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 import manifests
 
+from .digest import MD5_HEX, SHA256_HEX
 from .errors import BadInput
 from .mirrors import Mirror
 
 # Seed placeholders: "zenodo.XXXXXXX", "osf.io/XXXXX", "[hash]", "[Link to be added]".
 PLACEHOLDER = re.compile(r"X{4,}|^\s*\[.*\]\s*$|^\s*$")
-SHA256 = re.compile(r"[0-9a-f]{64}")
 
 ArtifactName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # also a cache directory name
-Size = Annotated[int, Field(strict=True, ge=0)]
+Size = Annotated[int, Field(strict=True, ge=0, lt=2**63)]  # a file offset is a signed 64-bit number
+
+
+def _hex_digest(pattern: re.Pattern, digits: int):
+    """A lower-cased hex digest of ``digits`` digits, for pydantic (None = not published)."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value.lower()):
+            raise ValueError(f"must be {digits} hex digits (or null when not published), got {value!r}")
+        return value.lower()
+
+    return Annotated[str, AfterValidator(check)]
+
+
+Sha256 = _hex_digest(SHA256_HEX, 64)
+Md5 = _hex_digest(MD5_HEX, 32)
 
 
 def is_placeholder(value: object) -> bool:
@@ -68,7 +83,8 @@ class Artifact(BaseModel):
     kind: Literal["checkpoint", "metadata", "dataset"]
     filename: str
     size: Optional[Size] = None
-    sha256: Optional[str] = None
+    sha256: Optional[Sha256] = None
+    md5: Optional[Md5] = None  # where a provider publishes md5 only (Zenodo), checked before any byte moves
     metadata: Optional[str] = None
     claims: dict[str, Claim] = {}
     mirrors: list[Mirror] = []
@@ -79,13 +95,6 @@ class Artifact(BaseModel):
         if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
             raise ValueError(f"filename must be a plain file name without a path, got {filename!r}")
         return filename
-
-    @field_validator("sha256")
-    @classmethod
-    def _hex_sha256(cls, sha256: Optional[str]) -> Optional[str]:
-        if sha256 is not None and not SHA256.fullmatch(sha256.lower()):
-            raise ValueError(f"sha256 must be 64 hex digits (or null when not published), got {sha256!r}")
-        return sha256 and sha256.lower()
 
     @field_validator("mirrors")
     @classmethod
@@ -184,6 +193,10 @@ def _read_yaml(path: Path) -> dict:
         where = f" at line {mark.line + 1}" if mark else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise BadInput(f"manifest {path} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise BadInput(f"manifest {path} is nested too deeply to be a manifest") from None
+    except ValueError as err:  # a value YAML resolves but Python refuses: a date 2024-13-45, a 5000-digit number
+        raise BadInput(f"manifest {path} holds a value that cannot be read: {str(err).split(':')[0]}") from None
     if data is None:
         raise BadInput(f"manifest {path} is empty")
     if not isinstance(data, dict):

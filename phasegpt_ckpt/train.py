@@ -16,372 +16,54 @@ The seed's "Resume Training" snippet runs with its imports mapped::
     trainer.train(start_epoch=checkpoint["epoch"] + 1, total_epochs=50)
 
 but its one-group ``AdamW(model.parameters())`` cannot take a checkpoint's two-group optimizer
-state: build it with :func:`build_optimizer` (or leave ``optimizer`` out, as ``resume`` does).
+state: build it with :func:`~phasegpt_ckpt.schedule.build_optimizer` (or leave ``optimizer`` out, as
+``resume`` does).
 
 Under ``torchrun --nproc_per_node=K -m phasegpt_ckpt train ...`` the same code runs
 DistributedDataParallel: ``training.batch_size`` stays the global micro-batch, split evenly across
 ranks, so K processes compute what one would (gradients averaged over the same windows), and a
 checkpoint resumes on any number of processes.
+
+The parts live beside this module: configs in :mod:`.run_config`, optimizer and schedule in
+:mod:`.schedule`, process placement in :mod:`.distributed`, RNG state in :mod:`.rng`, progress,
+metrics and the plot in :mod:`.progress`, the metadata JSON in :mod:`.metadata`.
 """
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import math
-import os
-import platform
 import random
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
-from typing import Any, Iterator, Literal, Optional
+from typing import Iterator, Optional
 
 import torch
 import torch.distributed as dist
-import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator)
 from torch.nn.parallel import DistributedDataParallel
 
-from model import GPT2Config, GPT2Model
+from model import GPT2Model
 
-from . import __version__, configs, console
-from .checkpoint import atomic_path, corpus_path, load_checkpoint
-from .checkpoint import inference_autocast as autocast  # bf16 on CUDA; the phase trigonometry stays float32
+from . import __version__, console
+from .checkpoint import corpus_path, load_checkpoint, save_checkpoint
 from .data import get_dataloaders
+from .device import inference_autocast as autocast  # bf16 on CUDA; the phase trigonometry stays float32
 from .device import pick_device
+from .digest import hash_file
+from .distributed import Placement, placement
 from .errors import BadInput
 from .evaluate import measure
+from .metadata import build_info, provenance, save_info
+from .progress import EpochProgress, epoch_line, plot_metrics, read_metrics, require_matplotlib, write_metrics
+from .rng import restore_rng, rng_neutral_iter, rng_state
+from .run_config import RunConfig, load_config
+from .schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_note
 
-NO_DECAY = ("bias", "norm", "embedding")  # the published rule, as substrings of parameter names
-LR_FLOOR = 0.1  # the cosine never goes below 0.1 of the base rate (§3)
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
 INFO_FILE = "best_model_info.json"
-
-
-# ---------------------------------------------------------------------------------------------
-# Configs: the published YAML layout (model, training, data, logging, experiment)
-
-
-class _Section(BaseModel):
-    # Published configs carry keys the published code never read (patience, eval_interval, ...);
-    # they are kept, saved with the run and named once in a warning, never an error.
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-
-
-class TrainingSection(_Section):
-    batch_size: PositiveInt = 32  # global micro-batch (split across DDP ranks)
-    gradient_accumulation_steps: PositiveInt = 1
-    learning_rate: PositiveFloat = 3e-4
-    weight_decay: NonNegativeFloat = 0.1
-    max_epochs: PositiveInt = 20
-    warmup_steps: NonNegativeInt = 0
-    lr_scheduler: Literal["cosine"] = "cosine"
-    grad_clip: NonNegativeFloat = 1.0  # 0 turns clipping off
-    steps_per_epoch: Optional[PositiveInt] = None  # an epoch's optimizer steps; None: one pass over the text
-    save_interval: PositiveInt = 5  # epochs between epoch_{N}.pt files
-    save_best: bool = True
-    save_final: bool = True
-
-
-class DataSection(_Section):
-    dataset: str = "shakespeare"
-    block_size: Optional[PositiveInt] = None  # None: the model's max_seq_len
-
-
-class LoggingSection(_Section):
-    log_interval: PositiveInt = 50  # steps between progress lines when stderr is not a terminal
-
-
-class ExperimentSection(_Section):
-    name: str = "phasegpt"
-    seed: int = 42
-
-
-class RunConfig(BaseModel):
-    """A whole training config; ``model`` is checked by :class:`GPT2Config` and saved in full.
-
-    >>> run = RunConfig.from_dict({"model": {"n_layers": 2, "d_model": 64, "n_heads": 4}})
-    >>> run.training.learning_rate, run.model["d_ff"], run.block_size
-    (0.0003, 256, 512)
-    """
-
-    model_config = ConfigDict(extra="allow", validate_assignment=True)
-
-    model: dict
-    training: TrainingSection = Field(default_factory=TrainingSection)
-    data: DataSection = Field(default_factory=DataSection)
-    logging: LoggingSection = Field(default_factory=LoggingSection)
-    experiment: ExperimentSection = Field(default_factory=ExperimentSection)
-
-    @field_validator("model")
-    @classmethod
-    def _full_model_section(cls, section: dict) -> dict:
-        return GPT2Config.from_dict(section).to_dict()  # every setting explicit, coupling_mode included
-
-    @classmethod
-    def from_dict(cls, raw: Any, source: str = "config") -> "RunConfig":
-        """Validate a config mapping; any mistake is a one-line ``BadInput`` naming the field."""
-        if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
-            raise BadInput(f"{source} must be a YAML mapping with a `model:` section (and training, data, ...)")
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise BadInput(f"{source}: {where}: {first['msg'].removeprefix('Value error, ')}") from None
-
-    @property
-    def model_settings(self) -> GPT2Config:
-        return GPT2Config.from_dict(self.model)
-
-    @property
-    def block_size(self) -> int:
-        return self.data.block_size or self.model["max_seq_len"]
-
-    def unused_keys(self) -> list[str]:
-        """Keys this trainer does not read, e.g. the published ``training.patience``."""
-        sections = {"training": self.training, "data": self.data, "logging": self.logging,
-                    "experiment": self.experiment}
-        unused = [f"{name}.{key}" for name, section in sections.items() for key in section.model_extra]
-        return unused + list(self.model_extra)
-
-    def to_dict(self) -> dict:
-        return self.model_dump()
-
-
-def shipped_configs() -> list[str]:
-    """Names of the configs that ship with the package (``train --config NAME``)."""
-    return sorted(path.stem for path in configs.DIR.glob("*.yaml"))
-
-
-def load_config(ref: str | Path) -> RunConfig:
-    """A shipped config by NAME (``tiny``, ``phase_a_winner``, ...) or a YAML file by PATH.
-
-    >>> load_config("phase_a_winner").model["phase_layer_idx"]
-    [7]
-    """
-    path = Path(ref).expanduser()
-    if not path.is_file():
-        shipped = configs.DIR / f"{ref}.yaml"
-        if not shipped.is_file():
-            raise BadInput(f"config {ref!r} is neither a file nor a shipped config ({', '.join(shipped_configs())})")
-        path = shipped
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise BadInput(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
-    return RunConfig.from_dict(raw, source=f"config {path}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Optimizer and schedule (PHASEGPT_FORMAT.md §3)
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """The published two groups: decay on names containing none of bias/norm/embedding.
-
-    The rule is applied literally. Our LayerNorms carry the published names ``ln1``, ``ln2`` and
-    ``ln_f``, none of which contains "norm", so LayerNorm *weights* are decayed (their biases are
-    not) — exactly what the published runs did, and what an optimizer state resumed from them holds.
-
-    >>> model = GPT2Model(vocab_size=65, d_model=32, n_layers=1, n_heads=2, max_seq_len=8)
-    >>> [len(group["params"]) for group in param_groups(model, 0.1)]
-    [7, 9]
-    """
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        if parameter.requires_grad:
-            (no_decay if any(word in name for word in NO_DECAY) else decay).append(parameter)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def build_optimizer(model: torch.nn.Module, training: TrainingSection, device: torch.device) -> torch.optim.AdamW:
-    """AdamW(betas 0.9/0.999, eps 1e-8) over :func:`param_groups`; the fused kernel on CUDA."""
-    return torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.learning_rate,
-                             betas=(0.9, 0.999), eps=1e-8, fused=device.type == "cuda")
-
-
-class WarmupCosine:
-    """The LambdaLR factor of §3: linear warmup over ``warmup_steps``, then cosine floored at 0.1.
-
-    A callable object, not a closure, because LambdaLR saves a callable object's ``__dict__`` in
-    its ``state_dict``: the horizon travels with the scheduler and comes back on resume.
-
-    >>> f = WarmupCosine(warmup_steps=100, total_steps=1100)
-    >>> f(0), f(50), f(100), f(600), f(1100)
-    (0.0, 0.5, 1.0, 0.5, 0.1)
-
-    :meth:`extend` moves the horizon mid-run (``resume --epochs 50`` after 20).
-    """
-
-    def __init__(self, warmup_steps: int, total_steps: int):
-        self.warmup_steps = warmup_steps
-        self.total_steps = total_steps
-        self.start_step = warmup_steps  # where the current cosine starts ...
-        self.start_factor = 1.0  # ... its factor there ...
-        self.extended = False  # ... and whether it is an extension's (see extend)
-
-    def __call__(self, step: int) -> float:
-        if step < self.warmup_steps:
-            return step / self.warmup_steps
-        # Held at the floor past the horizon (the published code let the cosine rise again there).
-        progress = min(1.0, (step - self.start_step) / max(1, self.total_steps - self.start_step))
-        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
-        if self.extended:
-            return LR_FLOOR + (self.start_factor - LR_FLOOR) * cosine
-        return max(LR_FLOOR, cosine)
-
-    def extend(self, at_step: int, total_steps: int) -> None:
-        """A new horizon from ``at_step`` on: a cosine recomputed over the remaining steps.
-
-        The new cosine starts from the factor the old schedule has at ``at_step`` (so the rate is
-        continuous at the joint) and comes down to the floor exactly at ``total_steps``. A run that
-        already sits on the floor stays there; a run still warming up finishes its warmup and then
-        follows the §3 cosine over the new horizon, as if planned that long from the start.
-
-        >>> f = WarmupCosine(0, 100); before = f(50); f.extend(50, 200)
-        >>> f(50) == before, f(125) == 0.1 + (before - 0.1) / 2, f(200)
-        (True, True, 0.1)
-        """
-        if at_step > self.warmup_steps:
-            self.start_step, self.start_factor, self.extended = at_step, self(at_step), True
-        self.total_steps = total_steps
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int,
-                    total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps))
-
-
-def schedule_note(schedule: Optional[dict]) -> Optional[str]:
-    """What ``info`` says about a checkpoint's schedule when it was extended, else None.
-
-    >>> schedule_note({"extensions": [{"from_epochs": 20, "to_epochs": 50, "at_step": 3240}]})
-    'schedule extended from 20 to 50 epochs at step 3240'
-    """
-    extensions = (schedule or {}).get("extensions") or []
-    return "; ".join(f"schedule extended from {e['from_epochs']} to {e['to_epochs']} epochs at step {e['at_step']}"
-                     for e in extensions) or None
-
-
-# ---------------------------------------------------------------------------------------------
-# Atomic writes, RNG state
-
-
-def save_checkpoint(checkpoint: dict, path: Path) -> Path:
-    """``torch.save`` through a temporary file beside ``path``: no truncated file, ever."""
-    with atomic_path(path) as temp:
-        torch.save(checkpoint, temp)
-    return path
-
-
-def write_text(text: str, path: Path) -> Path:
-    """Atomically replace a small text file (metadata JSON, metrics.jsonl)."""
-    with atomic_path(path) as temp:
-        temp.write_text(text, encoding="utf-8")
-    return path
-
-
-def rng_state(device: torch.device) -> dict:
-    """Every RNG a training step draws from, as plain lists and tensors (weights-only loadable)."""
-    version, internal, gauss = random.getstate()
-    state = {"python": {"version": version, "state": list(internal), "gauss": gauss},
-             "torch": torch.get_rng_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def restore_rng(state: dict, device: torch.device) -> list[str]:
-    """Put back what :func:`rng_state` saved; returns the names of the states that were missing."""
-    missing = []
-    if "python" in state:
-        py = state["python"]
-        random.setstate((py["version"], tuple(py["state"]), py["gauss"]))
-    else:
-        missing.append("python RNG")
-    if "torch" in state:
-        torch.set_rng_state(state["torch"].cpu())
-    else:
-        missing.append("torch RNG")
-    if device.type == "cuda":
-        if "cuda" in state:
-            torch.cuda.set_rng_state(state["cuda"].cpu(), device)
-        else:
-            missing.append("CUDA RNG")
-    return missing
-
-
-def _rng_neutral_iter(loader) -> Iterator:
-    """``iter(loader)`` without touching the global torch RNG.
-
-    DataLoader draws a worker base seed from the global RNG on every ``iter()``. Our loaders run
-    in-process and never use it, so the draw is kept off the training stream: a run resumed mid-epoch
-    (which calls ``iter()`` where the uninterrupted run did not) then draws the same dropout masks.
-    """
-    with torch.random.fork_rng(devices=[]):
-        return iter(loader)
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed setup
-
-
-@dataclass
-class Placement:
-    """Where this process trains: its device, and its rank among ``world_size`` processes."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-@contextlib.contextmanager
-def placement(device: str | torch.device = "auto") -> Iterator[Placement]:
-    """This process's device, joining the torchrun process group when RANK/WORLD_SIZE say so.
-
-    Under torchrun each process takes ``cuda:LOCAL_RANK`` (nccl) or the CPU (gloo); alone, the
-    device is ``pick_device(device)``. Ranks other than 0 are made quiet: rank 0 alone prints.
-    """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    chosen = pick_device(device)
-    if world_size == 1:
-        _enable_tf32(chosen)
-        yield Placement(chosen)
-        return
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if chosen.type == "cuda":
-        chosen = torch.device("cuda", local_rank)
-        torch.cuda.set_device(chosen)
-    _enable_tf32(chosen)
-    dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    quiet = console.quiet
-    console.quiet = console.quiet or rank != 0
-    try:
-        yield Placement(chosen, rank, world_size)
-    finally:
-        console.quiet = quiet
-        dist.destroy_process_group()
-
-
-def _enable_tf32(device: torch.device) -> None:
-    if device.type == "cuda":  # float32 matmuls on tensor cores; bf16 autocast covers the rest
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-
-
-# ---------------------------------------------------------------------------------------------
-# The trainer
 
 
 @dataclass
@@ -426,7 +108,7 @@ class Trainer:
         self.save_dir = Path(save_dir)
         self.plot = plot
         if plot:
-            _require_matplotlib()
+            require_matplotlib()
         self.train_loader, self.val_loader = train_loader, val_loader
         self.sampler = train_loader.sampler
         self.vocab = train_loader.char_dataset.chars
@@ -492,7 +174,7 @@ class Trainer:
             self.resume_position = sampler
         if lost and self.rank == 0:
             console.warn(f"could not restore from the checkpoint: {'; '.join(lost)}")
-        self.metrics = [row for row in _read_metrics(self.save_dir / METRICS_FILE) if row["epoch"] < start_epoch]
+        self.metrics = [row for row in read_metrics(self.save_dir / METRICS_FILE) if row["epoch"] < start_epoch]
         return start_epoch
 
     def _load_scheduler(self, state: Optional[dict]) -> bool:
@@ -571,7 +253,7 @@ class Trainer:
         position = self.resume_position["position"] if self.resume_position else 0
         self.resume_position = None
         self.sampler.set_epoch(epoch, position)
-        batches = _rng_neutral_iter(self.train_loader)
+        batches = rng_neutral_iter(self.train_loader)
         first_step = position // self.windows_per_step
         tokens_per_step = self.windows_per_step * self.run.block_size  # all processes together
         loss_sum = torch.zeros((), device=self.device)
@@ -617,19 +299,14 @@ class Trainer:
         return total / self.accumulation, R
 
     def validate(self) -> dict:
-        """Validation loss, PPL and order parameter R (mean and spread), measured as ``evaluate`` does.
+        """Validation loss, PPL, order parameter R (mean and spread) and tokens, measured as ``evaluate`` does.
 
         PPL is exp of the token-weighted mean loss — the number ``verify --eval`` reproduces from the
         metadata JSON. Runs on the plain module (no DDP, no compile) inside its own RNG fork, so
         validating never changes what training draws next.
         """
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            measured = measure(self.raw_model, self.val_loader, device=self.device)
-        R_std = None
-        if measured.R:  # pooled over layers (each holds as many values): within- plus between-layer spread
-            spread = [r.std ** 2 + (r.mean - measured.R_mean) ** 2 for r in measured.R]
-            R_std = math.sqrt(sum(spread) / len(spread))
-        return {"val_loss": measured.loss, "val_ppl": measured.ppl, "R": measured.R_mean, "R_std": R_std}
+            return measure(self.raw_model, self.val_loader, device=self.device).summary()
 
     # -- what goes to disk -----------------------------------------------------------------------
 
@@ -639,15 +316,14 @@ class Trainer:
             self.best_val_loss, self.best_val_ppl = row["val_loss"], row["val_ppl"]
         self.metrics.append(row)
         if self.rank == 0:
-            console.log(_epoch_line(row, total_epochs, improved))
-            write_text("".join(json.dumps(r) + "\n" for r in self.metrics), self.save_dir / METRICS_FILE)
+            console.log(epoch_line(row, total_epochs, improved))
+            write_metrics(self.metrics, self.save_dir / METRICS_FILE)
             windows = self.steps_per_epoch * self.windows_per_step
             sampler = {**self.sampler.state_dict(), "epoch": epoch, "position": windows}
             checkpoint = self.checkpoint(epoch, sampler, row)
             t = self.run.training
             if improved and t.save_best:
-                self._save(checkpoint, "best_model.pt")
-                self._write_info(self.save_dir / "best_model.pt", row, epoch)
+                self._write_info(checkpoint, self._save(checkpoint, "best_model.pt"))
             if epoch % t.save_interval == 0:
                 self._save(checkpoint, f"epoch_{epoch}.pt")
             if epoch == total_epochs and t.save_final:
@@ -674,6 +350,7 @@ class Trainer:
             "schedule": self.schedule,
             "metrics": metrics,
             "training_time_s": self.training_time_s,
+            "provenance": provenance(self.device, self.world_size),
             "tool_version": __version__,
         }
 
@@ -692,35 +369,11 @@ class Trainer:
                         f"(continue: phasegpt-ckpt resume --model {path} --epochs {self.schedule['planned_epochs']})")
         raise KeyboardInterrupt
 
-    def _write_info(self, path: Path, row: dict, epoch: int) -> None:
-        """The seed's ``best_model_info.json`` for ``path``: hash, size, measured PPL and R, provenance."""
-        with open(path, "rb") as handle:
-            sha256 = hashlib.file_digest(handle, "sha256").hexdigest()
-        size = path.stat().st_size
-        info = {
-            "model_name": self.run.experiment.name,
-            "config": config_summary(self.raw_model.config),
-            "dataset": f"{self.run.data.dataset} (char-level)",
-            "validation_ppl": round(row["val_ppl"], 4),
-            "validation_loss": round(row["val_loss"], 4),
-            "order_parameter_R": None if row["R"] is None else round(row["R"], 4),
-            "order_parameter_R_std": None if row["R_std"] is None else round(row["R_std"], 4),
-            "training_epochs": epoch,
-            "global_step": self.global_step,
-            "training_time_minutes": round(self.training_time_s / 60, 2),
-            "hardware": hardware(self.device, self.world_size),
-            "date_trained": date.today().isoformat(),
-            "pytorch_version": torch.__version__,
-            "cuda_version": torch.version.cuda,
-            "coupling_mode": self.raw_model.config.coupling_mode,
-            "file_size_mb": round(size / 10**6, 1),
-            "file_size_bytes": size,
-            "sha256": sha256,
-            "license": "MIT",
-            "doi": None,
-            "tool_version": __version__,
-        }
-        write_text(json.dumps(info, indent=2) + "\n", path.with_name(INFO_FILE))
+    def _write_info(self, checkpoint: dict, path: Path) -> None:
+        """The seed's ``best_model_info.json`` for the checkpoint just written at ``path``."""
+        size, sha256 = hash_file(path)
+        info = build_info(self.run.experiment.name, self.raw_model.config, checkpoint, size=size, sha256=sha256)
+        save_info(info, path.with_name(INFO_FILE))
         if INFO_FILE not in self.files:
             self.files.append(INFO_FILE)
 
@@ -760,117 +413,6 @@ class Trainer:
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             stop = bool(flag.item())
         return stop
-
-
-class EpochProgress:
-    """Live stats of one epoch on stderr: a rich bar on a terminal, a line per ``log_interval`` steps otherwise."""
-
-    def __init__(self, epoch: int, total_epochs: int, steps: int, done: int, log_interval: int, enabled: bool):
-        self.label = f"epoch {epoch}/{total_epochs}"
-        self.steps, self.done, self.log_interval = steps, done, log_interval
-        self.enabled = enabled and not console.quiet
-        self.bar = None
-        if self.enabled and console.show_progress():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                console=console.stderr, transient=True)
-
-    def __enter__(self) -> "EpochProgress":
-        if self.bar is not None:
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.steps, completed=self.done, stats="")
-        return self
-
-    def update(self, step: int, loss: float, lr: float, tokens_per_s: float, R: Optional[float]) -> None:
-        if not self.enabled:
-            return
-        stats = f"loss {loss:.4f} · lr {lr:.2e} · {tokens_per_s:,.0f} tok/s" + ("" if R is None else f" · R {R:.3f}")
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, stats=stats)
-        elif step % self.log_interval == 0:
-            console.log(f"{self.label} step {step}/{self.steps} · {stats}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
-def _epoch_line(row: dict, total_epochs: int, improved: bool) -> str:
-    R = "" if row["R"] is None else f" · R {row['R']:.4f}"
-    best = " (best)" if improved else ""
-    train = "n/a" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
-    return (f"epoch {row['epoch']}/{total_epochs} · step {row['step']} · train loss {train} · "
-            f"val loss {row['val_loss']:.4f} · val PPL {row['val_ppl']:.3f}{best}{R} · lr {row['lr']:.2e} · "
-            f"{row['tokens_per_s']:,.0f} tok/s · {row['time_s']:.0f} s")
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def config_summary(config: GPT2Config) -> str:
-    """The seed's one-line config description, e.g. ``Layer 7, 32 oscillators, K=1.0``.
-
-    >>> config_summary(GPT2Config(use_phase_attention=True, phase_layer_idx=[6, 7]))
-    'Layers 6+7, 32 oscillators, K=1.0'
-    """
-    layers = config.phase_layers
-    if not layers:
-        return f"Baseline, {config.n_layers} layers, no phase coupling"
-    where = f"Layer {layers[0]}" if len(layers) == 1 else f"Layers {'+'.join(map(str, layers))}"
-    mode = "" if config.coupling_mode == "original" else f", {config.coupling_mode} coupling"
-    return f"{where}, {config.num_oscillators} oscillators, K={config.coupling_strength}{mode}"
-
-
-def hardware(device: torch.device, world_size: int = 1) -> str:
-    """The metadata's hardware string, e.g. ``NVIDIA H100 80GB HBM3`` or ``CPU (x86_64, 2 cores)``."""
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-    else:
-        name = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-    return f"{world_size} × {name}" if world_size > 1 else name
-
-
-# ---------------------------------------------------------------------------------------------
-# Plot
-
-
-def _require_matplotlib() -> None:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        raise BadInput("--plot needs matplotlib: pip install 'phasegpt-ckpt[plot]'") from None
-
-
-def plot_metrics(rows: list[dict], path: str | Path) -> Path:
-    """A PNG of train/validation loss, validation PPL and R per epoch, written atomically."""
-    _require_matplotlib()
-    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
-
-    epochs = [row["epoch"] for row in rows]
-    figure = Figure(figsize=(13, 3.6), layout="constrained")
-    loss, ppl, R = figure.subplots(1, 3)
-    loss.plot(epochs, [_or_nan(row["train_loss"]) for row in rows], marker="o", label="train")
-    loss.plot(epochs, [row["val_loss"] for row in rows], marker="o", label="validation")
-    loss.set(title="loss", xlabel="epoch")
-    loss.legend()
-    ppl.plot(epochs, [row["val_ppl"] for row in rows], marker="o", color="tab:orange")
-    ppl.set(title="validation PPL", xlabel="epoch")
-    if any(row["R"] is not None for row in rows):
-        R.plot(epochs, [row["R"] for row in rows], marker="o", color="tab:green")
-    R.set(title="order parameter R", xlabel="epoch")
-    path = Path(path)
-    with atomic_path(path) as temp:
-        figure.savefig(temp, format="png", dpi=100)
-    return path
-
-
-def _or_nan(value: Optional[float]) -> float:
-    return math.nan if value is None else value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -922,8 +464,6 @@ def resume(model: str | Path | None = None, *, epochs: int, save_dir: str | Path
         if run.training.steps_per_epoch is None and "schedule" not in state and done and state.get("global_step"):
             # A published checkpoint: keep the epoch length it was trained with (3240 steps / 18 = 180).
             run.training.steps_per_epoch = int(state["global_step"]) // done
-        for note in loaded.inferred:
-            console.log(f"note: {note}")
         _warn_unused(run, where)
         trainer = build_trainer(run, corpus, where, Path(save_dir), model=loaded.model, vocab=loaded.vocab,
                                 compile=compile, plot=plot)

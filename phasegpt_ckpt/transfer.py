@@ -13,38 +13,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import ipaddress
 import json
 import os
-import queue
 import random
 import re
 import threading
 import time
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterator, Optional
-from urllib.parse import urljoin, urlsplit
 
 import requests
 import urllib3
 
-from . import console
-from .errors import BadInput, MirrorFailed, PhasegptError
+from . import console, web
+from .digest import CHUNK, Hasher, feed
+from .errors import BadInput, MirrorFailed
 
-if TYPE_CHECKING:  # mirrors import check_url_allowed from here: no import cycle at run time
+WRITE_BEHIND = 32 * CHUNK  # bytes written between background flushes of the part to disk
+
+if TYPE_CHECKING:
     from .mirrors.base import Source
-
-# Reads this large make per-chunk Python overhead negligible and let hashlib drop the GIL; a read
-# cut by a timeout loses at most this much.
-CHUNK = 1024 * 1024
-QUEUE_DEPTH = 8  # chunks in flight to each hashing thread
-MAX_REDIRECTS = 10
-# Headers that may follow a redirect to another origin; anything else (Authorization, X-API-Key,
-# a provider's token header) stays with the origin it was meant for. Cookies are scoped by the jar.
-PORTABLE_HEADERS = {"user-agent", "accept", "accept-encoding", "connection", "range", "if-range", "cookie"}
 
 
 @dataclass
@@ -93,54 +82,6 @@ class _Retry(Exception):
         self.outcome, self.retry_after = outcome, retry_after
 
 
-def check_url_allowed(url: str) -> None:
-    """Refuse URLs the tool never fetches: non-http(s) schemes and plain http:// beyond loopback.
-
-    >>> check_url_allowed("https://huggingface.co/x/resolve/main/best_model.pt")
-    >>> check_url_allowed("http://127.0.0.1:8000/best_model.pt")   # loopback: local mirrors, tests
-    >>> check_url_allowed("http://example.org/best_model.pt")
-    Traceback (most recent call last):
-    phasegpt_ckpt.errors.BadInput: refusing plain http:// to example.org (http://example.org/best_model.pt): use https://; plain http is allowed only to loopback addresses
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"not an http(s) URL: {url!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
-        raise BadInput(
-            f"refusing plain http:// to {parts.hostname} ({url}): use https://; plain http is allowed only to loopback addresses"
-        )
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def hash_file(path: Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a file (what ``verify`` uses): reading overlaps hashing, as in transfer.
-
-    >>> hash_file(Path("/dev/null"))
-    (0, 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
-    """
-    hasher = _Hasher(want_md5=False)
-    size = _feed(Path(path), hasher, os.stat(path).st_size)
-    return size, hasher.hexdigests()["sha256"]
-
-
-def _feed(path: Path, hasher: "_Hasher", limit: int) -> int:
-    """Read the first ``limit`` bytes of ``path`` into ``hasher``; returns how many there were."""
-    size = 0
-    with open(path, "rb", buffering=0) as file:
-        while size < limit and (chunk := file.read(min(CHUNK, limit - size))):
-            hasher.update(chunk)
-            size += len(chunk)
-    return size
-
-
 def transfer(
     source: Source,
     part: Path,
@@ -161,7 +102,7 @@ def transfer(
     """
     label = label or source.label
     policy = policy or RetryPolicy()
-    target = source.url if source.local_path is None else str(source.local_path)
+    target = str(source.local_path) if source.local_path is not None else source.stable_url or source.url
     identity = {"url": target, "expected_size": expected_size, "expected_sha256": expected_sha256}
     partfile = _Part(Path(part), identity, want_md5)
     try:
@@ -169,8 +110,8 @@ def transfer(
             _copy(Path(source.local_path), partfile, label)
             result = _check(partfile, expected_size, expected_sha256, label)
         else:
-            check_url_allowed(source.url)
-            partfile.open(resume=source.accepts_ranges and _resumable(partfile, expected_sha256))
+            web.check_url_allowed(source.url)
+            partfile.open(resume=_resumable(partfile, expected_sha256))
             session = session or source.session or requests.Session()
             _download(source, partfile, expected_size, session, policy, label)
             result = _check(partfile, expected_size, expected_sha256, label)
@@ -246,7 +187,7 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
              policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None]) -> None:
     """One GET: resume from the part's length, check the answer, append its body."""
     too_long = expected_size is not None and part.size > expected_size  # never a prefix of the file
-    if too_long or (part.size and not source.accepts_ranges):
+    if too_long:
         part.restart()
     offset = part.size
     headers = {**source.headers, "Accept-Encoding": "identity"}
@@ -255,13 +196,14 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
         validator = part.meta.get("etag") or part.meta.get("last_modified")
         if validator:
             headers["If-Range"] = validator
-    with _get(session, source.url, headers, policy, label) as response:
+    with web.get(session, source.url, headers=headers, label=label, stream=True,
+                 timeout=(policy.connect_timeout, policy.read_timeout)) as response:
         status = response.status_code
         if status == 416 and offset:
             return _range_not_satisfiable(response, part, expected_size, label)
         if status in (408, 429) or status >= 500:
             raise _Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
-                         _retry_after(response.headers.get("Retry-After")))
+                         web.retry_after(response.headers.get("Retry-After")))
         if status not in (200, 206):
             tag = str(status) if status in (401, 403, 404) else f"http {status}"
             raise MirrorFailed(tag, f"{label}: HTTP {status} {response.reason} from {response.url}")
@@ -285,36 +227,14 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
         raise _Retry("connection error", f"{label}: the connection closed at {part.size} of {limit} bytes")
 
 
-def _get(session: requests.Session, url: str, headers: dict[str, str], policy: RetryPolicy,
-         label: str) -> requests.Response:
-    """GET following redirects by hand, so every hop is checked and credentials stay at their origin.
-
-    requests drops only ``Authorization`` and only on a host change; a provider token can sit in
-    any header, and a redirect may point at plain http.
-    """
-    from .mirrors.base import origin  # here, not at the top: the mirrors package imports this module
-
-    home = origin(url)
-    for _ in range(MAX_REDIRECTS + 1):
-        response = session.get(url, headers=headers, stream=True, allow_redirects=False,
-                               timeout=(policy.connect_timeout, policy.read_timeout))
-        if not response.is_redirect:
-            return response
-        response.close()
-        url = urljoin(url, response.headers["Location"])
-        try:
-            check_url_allowed(url)
-        except BadInput as err:
-            raise MirrorFailed("insecure redirect", f"{label}: redirected to {url}: {err}") from None
-        if origin(url) != home:
-            headers = {k: v for k, v in headers.items() if k.lower() in PORTABLE_HEADERS}
-    raise MirrorFailed("redirect loop", f"{label}: more than {MAX_REDIRECTS} redirects")
-
-
 def _receive(response: requests.Response, part: "_Part", limit: Optional[int], label: str,
              progress: Callable[[int, Optional[int]], None]) -> None:
-    """Append the body to the part; refuse an HTML page and any byte beyond ``limit``."""
-    read = response.raw.read
+    """Append the body to the part; refuse an HTML page and any byte beyond ``limit``.
+
+    ``read1`` hands over what has arrived (up to CHUNK) instead of waiting for a full chunk, so a
+    stalled or interrupted transfer keeps every byte received for the resume.
+    """
+    read = response.raw.read1
     while chunk := read(CHUNK):
         if part.size == 0 and _looks_like_html(chunk):
             part.discard()
@@ -388,17 +308,6 @@ def _content_range(value: str) -> tuple[Optional[int], Optional[int], Optional[i
     return tuple(_int(group) for group in match.groups())  # type: ignore[return-value]
 
 
-def _retry_after(value: Optional[str]) -> Optional[float]:
-    """Retry-After as seconds: ``120`` or an HTTP date."""
-    if not value:
-        return None
-    if value.strip().isdigit():
-        return float(value)
-    with contextlib.suppress(TypeError, ValueError):
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    return None
-
-
 def _strong_etag(response: requests.Response) -> Optional[str]:
     """The ETag if it is strong: If-Range must never carry a weak one (RFC 9110 §13.1.5)."""
     etag = response.headers.get("ETag")
@@ -427,45 +336,43 @@ def _progress(label: str) -> Iterator[Callable[[int, Optional[int]], None]]:
 # -- the part file -------------------------------------------------------------------------------
 
 
-class _Hasher:
-    """sha256 (and md5 when asked) of the bytes fed in, each digest on its own thread.
+class _WriteBehind:
+    """``fdatasync`` on a worker thread after every ``every`` bytes written to ``file``.
 
-    hashlib releases the GIL on large buffers, so hashing runs while the caller reads the socket
-    and writes the file.
+    The part is fsynced before it is renamed into place (a power cut must not leave a named file
+    with missing bytes); flushing as the bytes arrive lets the disk write back while the network
+    delivers, so that final fsync finds little left instead of the whole file (0.46 s per GiB here).
     """
 
-    def __init__(self, want_md5: bool):
-        self.digests = {"sha256": hashlib.sha256()}
-        if want_md5:
-            self.digests["md5"] = hashlib.md5()
-        self._queues: list[queue.Queue] = []
-        self._threads: list[threading.Thread] = []
-        for digest in self.digests.values():
-            chunks: queue.Queue = queue.Queue(QUEUE_DEPTH)
-            thread = threading.Thread(target=_consume, args=(chunks, digest), daemon=True)
-            thread.start()
-            self._queues.append(chunks)
-            self._threads.append(thread)
+    def __init__(self, file, every: int = WRITE_BEHIND):
+        self._fd, self._every, self._pending = file.fileno(), every, 0
+        self._wake, self._stopped = threading.Event(), False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
 
-    def update(self, chunk: bytes) -> None:
-        for chunks in self._queues:
-            chunks.put(chunk)
-
-    def hexdigests(self) -> dict[str, str]:
-        self.close()
-        return {name: digest.hexdigest() for name, digest in self.digests.items()}
+    def wrote(self, size: int) -> None:
+        self._pending += size
+        if self._pending >= self._every:
+            self._pending = 0
+            self._wake.set()
 
     def close(self) -> None:
-        for chunks in self._queues:
-            chunks.put(None)
-        for thread in self._threads:
-            thread.join()
-        self._queues, self._threads = [], []
+        """Stop the worker; call before the file is closed."""
+        self._stopped = True
+        self._wake.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopped:
+                return
+            with contextlib.suppress(OSError):  # a full disk or a closed file: the final fsync reports it
+                _datasync(self._fd)
 
 
-def _consume(chunks: queue.Queue, digest) -> None:
-    while (chunk := chunks.get()) is not None:
-        digest.update(chunk)
+_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _Part:
@@ -482,7 +389,8 @@ class _Part:
         self.size = self.resumed_from = 0
         self.spliced = False  # bytes come from more than one answer
         self._file = None
-        self._hasher: Optional[_Hasher] = None
+        self._hasher: Optional[Hasher] = None
+        self._write_behind: Optional[_WriteBehind] = None
 
     def stored_meta(self) -> Optional[dict]:
         """The sidecar, if it describes a part of this very download."""
@@ -496,17 +404,18 @@ class _Part:
     def open(self, resume: bool) -> None:
         """Open the part: keep (and re-hash once) the bytes of an earlier run, or start empty."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._hasher = _Hasher(self.want_md5)
+        self._hasher = Hasher(self.want_md5)
         if resume:
             self.meta = self.stored_meta() or self.meta
             self._file = open(self.path, "r+b")
             # after kill -9 the file, not the sidecar, knows its length
             self.size = self.resumed_from = self._file.seek(0, os.SEEK_END)
-            _feed(self.path, self._hasher, self.size)  # hashed once here, never downloaded again
+            feed(self.path, self._hasher, self.size)  # hashed once here, never downloaded again
             self.spliced = self.size > 0
         else:
             self._file = open(self.path, "wb")
             self._write_sidecar()
+        self._write_behind = _WriteBehind(self._file)
 
     def remember(self, etag: Optional[str], last_modified: Optional[str]) -> None:
         """Record the validators of a fresh full answer before any of its bytes land."""
@@ -519,16 +428,17 @@ class _Part:
         except OSError as err:
             if err.errno != errno.ENOSPC:
                 raise
-            raise PhasegptError(
+            raise BadInput(  # like any place the tool cannot write: exit 2, and no other mirror will help
                 f"disk full while writing {self.path} ({self.size} bytes kept): free space and run again to resume"
             ) from None
         self._hasher.update(chunk)
+        self._write_behind.wrote(len(chunk))
         self.size += len(chunk)
 
     def restart(self) -> None:
         """Throw the bytes away and start over from byte 0 in the same file."""
         self._hasher.close()
-        self._hasher = _Hasher(self.want_md5)
+        self._hasher = Hasher(self.want_md5)
         self._file.seek(0)
         self._file.truncate()
         self.size = self.resumed_from = 0
@@ -565,6 +475,9 @@ class _Part:
     def close(self) -> None:
         if self._hasher is not None:
             self._hasher.close()
+        if self._write_behind is not None:
+            self._write_behind.close()
+            self._write_behind = None
         if self._file is not None:
             with contextlib.suppress(OSError):
                 self._file.close()

@@ -18,10 +18,10 @@ from typing import Any, Optional
 
 from . import console
 from .cache import Cache
-from .errors import PhasegptError
+from .digest import hash_file
+from .errors import BadInput, PhasegptError, VerificationFailed
 from .fetch import fetch, fetch_metadata, locate
 from .manifest import Artifact, Manifest, load_manifest
-from .transfer import hash_file
 
 OK, FAIL, NOT_PUBLISHED, UNAVAILABLE = "ok", "fail", "not published", "unavailable"
 
@@ -78,7 +78,9 @@ def verify(ref: str, *, manifest: Optional[Manifest] = None, cache: Optional[Cac
 
     A NAME is checked in the cache (fetched first if absent); a PATH is matched to an artifact
     by being the cached file (hard link) or by its sha256. A file that matches no artifact
-    passes with a "not published" row: nothing says what it should be.
+    passes with a "not published" row: nothing says what it should be. A checkpoint (or a
+    file no artifact vouches for) whose bytes pass must also load weights-only: a pickle that
+    would run code fails.
     """
     manifest = manifest or load_manifest()
     cache = cache or Cache()
@@ -88,7 +90,16 @@ def verify(ref: str, *, manifest: Optional[Manifest] = None, cache: Optional[Cac
     verdict = Verdict(ref, path, artifact, size=size, sha256=sha256)
     if artifact is None:
         verdict.checks.append(Check("artifact", None, f"no artifact of the manifest has sha256 {sha256}", NOT_PUBLISHED))
-        return verdict
+    else:
+        _check_bytes(verdict, artifact, manifest, cache, offline)
+    if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
+        _check_contents(verdict)
+    return verdict
+
+
+def _check_bytes(verdict: Verdict, artifact: Artifact, manifest: Manifest, cache: Cache,
+                 offline: Optional[bool]) -> None:
+    """Rows for size and sha256 against the manifest, the receipt and the metadata JSON."""
     verdict.expect("size (manifest)", artifact.size, verdict.size)
     verdict.expect("sha256 (manifest)", artifact.sha256, verdict.sha256, pins=True)
     receipt = cache.receipt(artifact.name)
@@ -96,7 +107,6 @@ def verify(ref: str, *, manifest: Optional[Manifest] = None, cache: Optional[Cac
         _discard_if_cached(verdict, artifact, cache)
     if artifact.metadata is not None:
         _check_metadata(verdict, artifact, manifest, cache, offline)
-    return verdict
 
 
 def verify_cached(*, manifest: Optional[Manifest] = None, cache: Optional[Cache] = None,
@@ -118,6 +128,26 @@ def _subject(ref: str, manifest: Manifest, cache: Cache, offline: Optional[bool]
         return path, artifact
     located = locate(ref, manifest=manifest, cache=cache, offline=offline)
     return located.path, located.artifact
+
+
+def _check_contents(verdict: Verdict) -> None:
+    """A row saying whether the file loads weights-only, read without running any of its pickle.
+
+    A file no artifact vouches for may be anything (a corpus, a YAML): only a checkpoint that
+    cannot be read, or any file whose pickle would run code, fails.
+    """
+    from .checkpoint import describe  # torch loads only when a checkpoint is verified
+
+    check = "contents (weights-only load)"
+    try:
+        describe(verdict.path)
+    except VerificationFailed as refused:
+        verdict.checks.append(Check(check, "plain tensors and containers", str(refused), FAIL))
+    except BadInput as unreadable:
+        if verdict.artifact is not None:
+            verdict.checks.append(Check(check, "a readable checkpoint", str(unreadable), FAIL))
+    else:
+        verdict.checks.append(Check(check, "plain tensors and containers", "plain tensors and containers", OK))
 
 
 def _discard_if_cached(verdict: Verdict, artifact: Artifact, cache: Cache) -> None:

@@ -8,6 +8,10 @@ from pathlib import Path
 # Test models are tiny: one thread runs them as fast as two, and subprocesses inherit it, so
 # parallel test or benchmark processes on a 2-core machine don't oversubscribe it.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# huggingface_hub reads these once, when it is first imported, and test modules import it while
+# they are collected, before any fixture runs: the emulators speak plain HTTP, not Xet.
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
 
 import pytest
 import torch
@@ -35,6 +39,7 @@ def _isolated_environment(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+    monkeypatch.setenv("PHASEGPT_TRUSTED_ENDPOINTS", "127.0.0.1")  # the emulators may see test tokens
     for var in ("PHASEGPT_MANIFEST", "PHASEGPT_OFFLINE", "HF_TOKEN", "HF_ENDPOINT", "ZENODO_TOKEN", "OSF_TOKEN"):
         monkeypatch.delenv(var, raising=False)
 

@@ -108,6 +108,8 @@ def test_sha256_is_checked_before_any_unpickling(tmp_path, corpus_path):
 
     with pytest.raises(VerificationFailed, match="sha256 .* expected 0{64}; not loading it"):
         load_checkpoint(path, expected_sha256="0" * 64, data=corpus_path)
+    with pytest.raises(VerificationFailed, match="sha256 .* expected 0{64}; not loading it"):
+        describe(path, expected_sha256="0" * 64)  # what `info` of a cached artifact runs
     assert not marker.exists()
 
 
@@ -126,8 +128,29 @@ def test_bare_state_dict_config_is_read_off_the_shapes(tmp_path, corpus_path):
     assert same_logits(ckpt.model, model)
 
 
+@pytest.mark.parametrize("command", [
+    ["generate", "To be", "--model", "{path}", "--max-new-tokens", "3", "--data", "{corpus}", "--device", "cpu"],
+    ["analyze", "{path}", "--num-tokens", "64", "--data", "{corpus}", "--device", "cpu"],
+    ["verify", "{path}", "--eval", "--data", "{corpus}", "--device", "cpu"],
+    ["convert", "{path}", "--to", "safetensors", "-o", "{out}", "--data", "{corpus}"],
+    ["info", "{path}"],
+])
+def test_every_command_loading_a_bare_state_dict_says_what_it_assumed(tmp_path, corpus_path, run_cli, command):
+    path = tmp_path / "weights.pt"
+    torch.save(tiny_model(seed=3).state_dict(), path)
+    places = {"path": path, "corpus": corpus_path, "out": tmp_path / "weights.safetensors"}
+
+    code, out, err = run_cli(*(arg.format(**places) for arg in command))
+
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if line.startswith("note: weights.pt: ")]
+    assert any("read off the tensor shapes" in note and "n_heads 2" in note for note in notes), err
+    assert any("phase_iterations 10 assumed" in note for note in notes), err
+    assert any("coupling mode 'original' assumed" in note for note in notes), err
+
+
 def test_bare_state_dict_without_phase_layer_asks_for_a_config(tmp_path, corpus_path):
-    model = tiny_model(use_phase_attention=False, phase_layer_idx=[])
+    model = tiny_model(use_phase_attention=False, phase_layer_idx=[], d_ff=48)  # not the default 4·d_model
     path = tmp_path / "weights.pt"
     torch.save(model.state_dict(), path)
 
@@ -136,6 +159,10 @@ def test_bare_state_dict_without_phase_layer_asks_for_a_config(tmp_path, corpus_
     config_file = tmp_path / "model.yaml"
     config_file.write_text(yaml.safe_dump({"model": model.config.to_dict()}))
     assert same_logits(load_checkpoint(path, config=config_file, data=corpus_path).model, model)
+    config_file.write_text(f"model:\n  n_heads: {model.config.n_heads}\n  dropout: {model.config.dropout}\n")
+    told = load_checkpoint(path, config=config_file, data=corpus_path)  # the rest read off the shapes
+    assert same_logits(told.model, model) and told.config.d_ff == 48
+    assert told.inferred[1] == "model settings n_heads, dropout given by the caller"
 
 
 @pytest.mark.parametrize("change, cause", [
@@ -172,6 +199,8 @@ def test_convert_to_safetensors_round_trips(tmp_path, corpus_path):
     assert back.full_config["training"] == ckpt.full_config["training"]
     assert back.model.lm_head.weight is back.model.token_embedding.weight
     assert same_logits(back.model, model)
+    # one name of the tied pair in the file: the count from its shapes still takes the tensor once
+    assert describe(out)["parameters"] == sum(p.numel() for p in model.parameters())
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp file left
 
 

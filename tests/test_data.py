@@ -38,6 +38,13 @@ def test_missing_corpus_is_bad_input(tmp_path):
         CharDataset(tmp_path / "nope.txt")
 
 
+def test_a_directory_as_corpus_is_named_a_directory(tmp_path, run_cli):
+    with pytest.raises(BadInput, match=f"corpus {tmp_path} is a directory; pass --data with the text file"):
+        CharDataset(tmp_path)
+    code, out, err = run_cli("analyze", "phasegpt-tiny", "--data", tmp_path, "--device", "cpu")
+    assert code == 2 and out == "" and "is a directory" in err.splitlines()[-1] and "Traceback" not in err
+
+
 def test_validation_windows_cover_the_split_once_without_overlap(corpus_path):
     _, val_loader = get_dataloaders(corpus_path, block_size=512, batch_size=32)
     val = val_loader.char_dataset.split()[1]

@@ -1,13 +1,16 @@
 import pytest
 import torch
 
-from phasegpt_ckpt.device import pick_device
+from phasegpt_ckpt.device import inference_autocast, pick_device
 from phasegpt_ckpt.errors import BadInput
 
 
-def test_auto_prefers_cuda_then_mps_then_cpu():
-    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    assert pick_device("auto").type == expected
+@pytest.mark.parametrize("cuda, mps, expected", [
+    (True, True, "cuda"), (True, False, "cuda"), (False, True, "mps"), (False, False, "cpu")])
+def test_auto_prefers_cuda_then_mps_then_cpu(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert pick_device("auto") == torch.device(expected)
 
 
 def test_unknown_device_is_bad_input():
@@ -19,3 +22,15 @@ def test_missing_cuda_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(BadInput, match="no CUDA GPU"):
         pick_device("cuda")
+
+
+def test_missing_mps_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(BadInput, match="no MPS backend"):
+        pick_device("mps")
+
+
+def test_inference_on_the_cpu_runs_in_full_precision():
+    layer = torch.nn.Linear(4, 4)
+    with inference_autocast(torch.device("cpu")):
+        assert layer(torch.ones(1, 4)).dtype == torch.float32

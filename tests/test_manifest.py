@@ -181,7 +181,7 @@ def test_metadata_keeps_fields_our_trainer_adds_and_checks_size_rounding():
 @pytest.mark.parametrize("content, words", [
     ("{not json", "not readable JSON"),
     ("[1, 2]", "JSON object"),
-    ('{"sha256": "abc"}', "sha256: not 64 hex digits"),
+    ('{"sha256": "abc"}', "sha256: must be 64 hex digits"),
     ('{"validation_ppl": "low"}', "validation_ppl"),
 ])
 def test_bad_metadata_files_are_one_line(tmp_path, content, words):

@@ -1,28 +1,39 @@
-"""Provider mirrors (hf, zenodo, osf, gdrive) against their emulators, through the real fetch engine.
+"""Provider mirrors (url, hf, zenodo, osf, gdrive) against their emulators, through the real fetch engine.
 
 The payload is the tiny Shakespeare corpus, whose sha256 is published in ../shared: every fetch
 below ends in bytes checked against it. Each provider also gets its error mapping (one line,
 an outcome tag for the table), a resume after a dropped connection, and, where it has one,
-the rule that a token goes to the provider's API origin only.
+the rule that a token goes to the provider's API origin only, and only when that endpoint is
+trusted.
 """
 from __future__ import annotations
 
+import hashlib
+import re
+import sys
+import time
 from pathlib import Path
 
+import gdown
 import huggingface_hub.constants
 import pytest
 import requests
 from conftest import CORPUS_SHA256
-from emulators.fileserver import Faults
+from emulators.fileserver import Faults, FileServer
+from emulators.gdrive import gdown_routed_to
+from emulators.zenodo import ZenodoEmulator
 
 from phasegpt_ckpt.cache import Cache
 from phasegpt_ckpt.errors import MirrorFailed, MirrorsExhausted
 from phasegpt_ckpt.fetch import fetch
 from phasegpt_ckpt.manifest import Manifest
 from phasegpt_ckpt.mirrors import gdrive, hf, osf, zenodo
+from phasegpt_ckpt.web import reroute
+from phasegpt_ckpt.transfer import RetryPolicy
 
 DRIVE_ID = "1PhaseGptBestModelCheckpoint0123456"
 DROP_AT = 300_000  # bytes sent before a dropped connection
+QUICK_RETRY = RetryPolicy(backoff=0.01, max_backoff=0.05)
 
 
 @pytest.fixture
@@ -36,12 +47,12 @@ def _no_saved_hf_login(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf_token"))
 
 
-def fetch_one(tmp_path: Path, mirror: dict, sha256: str | None = CORPUS_SHA256):
+def fetch_one(tmp_path: Path, mirror: dict, sha256: str | None = CORPUS_SHA256, policy: RetryPolicy | None = None):
     """Fetch a one-mirror artifact into a fresh cache; returns (Fetched, cache root)."""
     manifest = Manifest.model_validate({"version": 1, "artifacts": {"corpus": {
         "kind": "dataset", "filename": "input.txt", "sha256": sha256, "mirrors": [mirror]}}})
     root = tmp_path / "cache"
-    return fetch("corpus", manifest=manifest, cache=Cache(root)), root
+    return fetch("corpus", manifest=manifest, cache=Cache(root), policy=policy), root
 
 
 def failure(provider, mirror) -> MirrorFailed:
@@ -55,6 +66,34 @@ def failure(provider, mirror) -> MirrorFailed:
 def everything_written(root: Path) -> str:
     """Every file under ``root`` (receipts, sidecars) as text, names included."""
     return "\n".join(f"{p}\n{p.read_bytes().decode(errors='replace')}" for p in root.rglob("*") if p.is_file())
+
+
+# -- plain URLs -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_url_fetch_follows_a_redirect_chain_across_ports_and_resumes_through_it(corpus, tmp_path, status):
+    with FileServer() as first, FileServer() as second:
+        second.add_file("/files/input.txt", corpus)
+        first.add_redirect("/start", "/hop", status)  # relative, same origin
+        first.add_redirect("/hop", second.url("/files/input.txt"), status)  # on to another port
+        second.set_faults("/files/input.txt", Faults(drop_after=DROP_AT, times=1))
+        fetched, _ = fetch_one(tmp_path, {"type": "url", "url": first.url("/start")}, policy=QUICK_RETRY)
+        assert fetched.sha256 == CORPUS_SHA256
+        assert [(r.path, r.status) for r in first.log] == [("/start", status), ("/hop", status)] * 2
+        gets = second.requests_to("/files/input.txt")  # the resumed GET took the whole chain again
+        assert [(r.range, r.status) for r in gets] == [(None, 200), (f"bytes={DROP_AT}-", 206)]
+
+
+def test_url_fetch_from_a_server_refusing_head(corpus, tmp_path):
+    with FileServer() as server:
+        server.add_file("/input.txt", corpus)
+        server.set_faults("/input.txt", Faults(status=405, methods=("HEAD",)))
+        head = requests.head(server.url("/input.txt"))
+        assert (head.status_code, head.headers["Allow"]) == (405, "GET")
+        fetched, _ = fetch_one(tmp_path, {"type": "url", "url": server.url("/input.txt")})
+        assert fetched.sha256 == CORPUS_SHA256
+        assert [(r.method, r.status) for r in server.log] == [("HEAD", 405), ("GET", 200)]  # ours: GET only
 
 
 # -- Hugging Face Hub ---------------------------------------------------------------------------
@@ -101,17 +140,21 @@ def test_hf_saved_login_is_used_and_a_commit_pins_the_revision(hub_emulator, cor
     ({"private": True}, {}, "hf_noAccess", "repo not found", "not found, or private"),
     ({"gated": True}, {}, None, "gated", "accept its terms"),
     ({"gated": True}, {}, "hf_noAccess", "gated", "not granted"),
-    ({}, {"filename": "missing.pt"}, None, "404", "missing.pt not found in org/ckpt@main"),
-    ({}, {"revision": "v2.0"}, None, "revision not found", "'v2.0' not found"),
+    ({}, {"filename": "missing.pt"}, "hf_granted", "404", "missing.pt not found in org/ckpt@main"),
+    ({}, {"revision": "v2.0"}, "hf_granted", "revision not found", "'v2.0' not found"),
 ], ids=["private", "private-other-token", "gated", "gated-no-access", "entry", "revision"])
 def test_hf_errors_map_to_one_line(hub_emulator, corpus, monkeypatch, repo, mirror, token, outcome, words):
+    """The Hub's error answers quote the request's Authorization back: none of it may reach the message."""
     if token:
         monkeypatch.setenv("HF_TOKEN", token)
     hub_emulator.add_repo("org/ckpt", tokens={"hf_granted"}, **repo)
     hub_emulator.put("org/ckpt", "input.txt", corpus)
-    err = failure(hf, hf.HfMirror(**{"repo": "org/ckpt", "filename": "input.txt",
-                                     "endpoint": hub_emulator.origin, **mirror}))
+    mirror = hf.HfMirror(**{"repo": "org/ckpt", "filename": "input.txt", "endpoint": hub_emulator.origin, **mirror})
+    hub_emulator.set_faults(f"/org/ckpt/resolve/{mirror.revision}/{mirror.filename}",
+                            Faults(echo_authorization=True, methods=("HEAD",)))
+    err = failure(hf, mirror)
     assert err.outcome == outcome and words in str(err)
+    assert [r.authorization for r in hub_emulator.log] == [f"Bearer {token}" if token else None]  # so it was echoed
     assert not token or token not in str(err)
 
 
@@ -137,6 +180,45 @@ def test_hf_resumes_after_a_dropped_connection(hub_emulator, corpus, tmp_path):
     assert (resumed.range, resumed.if_range, resumed.status) == (f"bytes={DROP_AT}-", f'"{CORPUS_SHA256}"', 206)
 
 
+def test_hf_small_file_is_found_through_the_resolve_cache_hop(hub_emulator, corpus, tmp_path):
+    """A plain git file: 307 to /api/resolve-cache/..., whose answer alone carries X-Repo-Commit."""
+    repo = hub_emulator.add_repo("org/ckpt")
+    hub_emulator.put("org/ckpt", "input.txt", corpus, lfs=False)
+    fetched, _ = fetch_one(tmp_path, {"type": "hf", "repo": "org/ckpt", "filename": "input.txt",
+                                      "endpoint": hub_emulator.origin})
+    assert fetched.sha256 == CORPUS_SHA256
+    cached = f"/api/resolve-cache/models/org/ckpt/{repo.commit}/input.txt"
+    assert [(r.method, r.path, r.status) for r in hub_emulator.log] == [
+        ("HEAD", "/org/ckpt/resolve/main/input.txt", 307), ("HEAD", cached, 200), ("GET", cached, 200)]
+
+
+def test_hf_repo_type_prefix_selects_the_repository(hub_emulator, corpus):
+    hub = hub_emulator
+    for name, data in (("datasets/org/corpus", corpus), ("spaces/org/corpus", corpus[::-1])):
+        hub.add_repo(name)
+        hub.put(name, "input.txt", data)
+
+    def mirror(repo_type: str) -> hf.HfMirror:
+        return hf.HfMirror(repo="org/corpus", filename="input.txt", repo_type=repo_type, endpoint=hub.origin)
+
+    assert hf.resolve(mirror("dataset"), requests.Session()).sha256 == CORPUS_SHA256
+    assert hf.resolve(mirror("space"), requests.Session()).sha256 == hashlib.sha256(corpus[::-1]).hexdigest()
+    assert failure(hf, mirror("model")).outcome == "repo not found"  # no model of that name
+    assert [r.path.partition("/resolve/")[0] for r in hub.log] == [
+        "/datasets/org/corpus", "/spaces/org/corpus", "/org/corpus"]
+
+
+def test_hf_pull_request_revision_travels_percent_encoded(hub_emulator, corpus, tmp_path):
+    hub_emulator.add_repo("org/ckpt", branches=("main", "refs/pr/1"))
+    hub_emulator.put("org/ckpt", "input.txt", corpus)
+    fetched, _ = fetch_one(tmp_path, {"type": "hf", "repo": "org/ckpt", "filename": "input.txt",
+                                      "revision": "refs/pr/1", "endpoint": hub_emulator.origin})
+    assert fetched.sha256 == CORPUS_SHA256
+    assert hub_emulator.log[0].path == "/org/ckpt/resolve/refs%2Fpr%2F1/input.txt"
+    unknown = hf.HfMirror(repo="org/ckpt", filename="input.txt", revision="refs/pr/2", endpoint=hub_emulator.origin)
+    assert failure(hf, unknown).outcome == "revision not found"
+
+
 # -- Zenodo ---------------------------------------------------------------------------------------
 
 
@@ -158,11 +240,11 @@ def test_zenodo_concept_doi_gets_the_latest_version_checked_by_md5(zenodo_emulat
 
 
 def test_zenodo_legacy_file_entries_and_corrupted_bytes_caught_by_md5(zenodo_emulator, corpus, tmp_path):
-    record = zenodo_emulator.add_record(8001, {"input.txt": corpus}, legacy=True)  # filename, filesize, bare md5
+    zenodo_emulator.add_record(8001, {"input.txt": corpus}, legacy=True)  # filename, filesize, bare md5
     source = zenodo.resolve(zenodo_mirror(zenodo_emulator, record=8001), requests.Session())
     content = zenodo_emulator.url(zenodo_emulator.content_path(8001, "input.txt"))
     assert (source.size, source.url) == (len(corpus), content)
-    assert source.md5 == record.files["input.txt"].headers["Content-MD5"]
+    assert source.md5 == hashlib.md5(corpus).hexdigest() == requests.head(content).headers["Content-MD5"]
 
     zenodo_emulator.set_faults(zenodo_emulator.content_path(8001, "input.txt"), Faults(corrupt=True))
     with pytest.raises(MirrorsExhausted) as exhausted:
@@ -209,6 +291,77 @@ def test_zenodo_server_ignoring_range_restarts_cleanly(zenodo_emulator, corpus, 
     assert (second.range, second.status) == (f"bytes={DROP_AT}-", 200)  # asked to resume, got it all again
 
 
+def test_zenodo_rate_limit_headers_and_a_429_waited_out(zenodo_emulator, corpus, tmp_path):
+    zenodo = zenodo_emulator
+    zenodo.add_record(7201, {"input.txt": corpus})
+    first, second = (requests.get(zenodo.url("/api/records/7201")) for _ in range(2))
+    assert first.headers["X-RateLimit-Limit"] == "60"
+    assert [int(r.headers["X-RateLimit-Remaining"]) for r in (first, second)] == [59, 58]
+    assert first.headers["X-RateLimit-Reset"] == second.headers["X-RateLimit-Reset"]
+    assert 0 < int(first.headers["X-RateLimit-Reset"]) - time.time() <= 61
+
+    zenodo.limit_rate(1, per=1.0)  # the record fits in the window; the download gets 429 + Retry-After: 1
+    fetched, _ = fetch_one(tmp_path, {"type": "zenodo", "record": 7201, "filename": "input.txt",
+                                      "endpoint": zenodo.origin})
+    assert fetched.sha256 == CORPUS_SHA256
+    path = zenodo.content_path(7201, "input.txt")
+    limited, served = zenodo.requests_to(path)
+    assert (limited.status, served.status) == (429, 200) and served.at - limited.at >= 1.0
+
+
+def test_zenodo_api_rate_limited_is_asked_again_after_retry_after(zenodo_emulator, corpus):
+    zenodo_emulator.add_record(7202, {"input.txt": corpus})
+    requests.get(zenodo_emulator.url("/api/records/7202"))  # spends the window's one call
+    zenodo_emulator.limit_rate(1, per=1.0)
+    requests.get(zenodo_emulator.url("/api/records/7202"))
+    source = zenodo.resolve(zenodo.ZenodoMirror(record="7202", filename="input.txt",
+                                                endpoint=zenodo_emulator.origin), requests.Session())
+    assert source.md5 == hashlib.md5(corpus).hexdigest()
+    limited, served = zenodo_emulator.requests_to("/api/records/7202")[-2:]
+    assert (limited.status, served.status) == (429, 200) and served.at - limited.at >= 1.0
+
+
+def test_zenodo_record_with_another_doi_is_refused(zenodo_emulator, corpus):
+    zenodo_emulator.add_record(7302, {"input.txt": corpus})  # production: DOI 10.5281/zenodo.7302
+    wrong = failure(zenodo, zenodo.ZenodoMirror(doi="10.5072/zenodo.7302", filename="input.txt",
+                                                endpoint=zenodo_emulator.origin))
+    assert wrong.outcome == "bad answer" and "has DOI 10.5281/zenodo.7302, not 10.5072/zenodo.7302" in str(wrong)
+
+
+def test_zenodo_web_file_link_is_inline_unless_download_is_asked(zenodo_emulator, corpus, tmp_path):
+    zenodo_emulator.add_record(7401, {"input.txt": corpus})
+    web = zenodo_emulator.url("/records/7401/files/input.txt")
+    api = zenodo_emulator.url(zenodo_emulator.content_path(7401, "input.txt"))
+    assert [requests.head(url).headers["Content-Disposition"] for url in (web, web + "?download=1", api)] == [
+        "inline; filename=input.txt", "attachment; filename=input.txt", "inline; filename=input.txt"]
+    fetched, _ = fetch_one(tmp_path, {"type": "url", "url": web + "?download=1"})  # a link copied from the page
+    assert fetched.sha256 == CORPUS_SHA256
+
+
+def test_zenodo_sandbox_instance_is_reached_by_a_test_prefix_doi(zenodo_emulator, corpus, tmp_path, monkeypatch):
+    production = zenodo_emulator
+    production.add_record(7301, {"input.txt": corpus[::-1]})  # same record id, other bytes
+    with ZenodoEmulator(sandbox=True) as sandbox:
+        sandbox.add_record(7301, {"input.txt": corpus})
+        fetched, _ = fetch_one(tmp_path, {"type": "zenodo", "doi": "10.5072/zenodo.7301", "filename": "input.txt",
+                                          "endpoint": sandbox.origin})
+        assert fetched.sha256 == CORPUS_SHA256
+        assert requests.get(sandbox.url("/api/records/7301")).json()["doi"] == "10.5072/zenodo.7301"
+
+        # No endpoint: the test prefix alone picks https://sandbox.zenodo.org (routed to the sandbox
+        # instance here), a public Zenodo service, so ZENODO_TOKEN goes with the API calls.
+        monkeypatch.setenv("ZENODO_TOKEN", "sandbox-token")
+        session = requests.Session()
+        reroute(session, sandbox.origin, "https://sandbox.zenodo.org/")
+        reroute(session, production.origin, "https://zenodo.org/")
+        seen = len(sandbox.log)
+        source = zenodo.resolve(zenodo.ZenodoMirror(doi="10.5072/zenodo.7301", filename="input.txt"), session)
+        assert source.md5 == hashlib.md5(corpus).hexdigest()
+        asked = [(r.path, r.authorization) for r in sandbox.log[seen:]]
+        assert asked == [("/api/records/7301", "Bearer sandbox-token")]
+    assert production.log == []
+
+
 # -- OSF ------------------------------------------------------------------------------------------
 
 
@@ -225,7 +378,10 @@ def osf_mirror(server, **fields) -> osf.OsfMirror:
 
 
 def test_osf_node_and_path_walk_pages_and_folders(osf_emulator, corpus, tmp_path):
-    stored = osf_project(osf_emulator, corpus)
+    osf_emulator.add_node("phgpt")
+    for n in range(12):  # listed first, and let through by OSF's name filter (a substring match): two pages
+        osf_emulator.put("phgpt", f"old-checkpoints-{n:02d}/run.log", b"epoch %d\n" % n)
+    stored = osf_emulator.put("phgpt", "checkpoints/input.txt", corpus)
     fetched, _ = fetch_one(tmp_path, {"type": "osf", "node": "phgpt", "path": "checkpoints/input.txt",
                                       "endpoint": osf_emulator.origin})
     assert fetched.sha256 == CORPUS_SHA256
@@ -275,6 +431,23 @@ def test_osf_resumes_after_a_dropped_connection(osf_emulator, corpus, tmp_path):
     assert (resumed.range, resumed.if_range, resumed.status) == (f"bytes={DROP_AT}-", stored.blob.last_modified, 206)
 
 
+def test_osf_listing_filters_before_paging(osf_emulator, corpus):
+    osf_project(osf_emulator, corpus)  # run00.log ... run11.log and the folder checkpoints/ at the root
+    root = osf_emulator.url("/v2/nodes/phgpt/files/osfstorage/")
+
+    def names(params: dict) -> tuple[list[str], int, str | None]:
+        page = requests.get(root, params=params).json()
+        return [e["attributes"]["name"] for e in page["data"]], page["meta"]["total"], page["links"]["next"]
+
+    assert names({"filter[name]": "RUN03"}) == (["run03.log"], 1, None)  # a substring, any case
+    assert names({"filter[name][eq]": "run0"}) == ([], 0, None)
+    assert names({"filter[kind]": "folder"}) == (["checkpoints"], 1, None)
+    first, total, following = names({"filter[name]": "run"})
+    assert (len(first), total) == (10, 12) and "filter%5Bname%5D=run" in following  # the filter stays on
+    rest = requests.get(following).json()["data"]
+    assert [e["attributes"]["name"] for e in rest] == ["run10.log", "run11.log"]
+
+
 def test_osf_mirror_needs_guid_or_node_and_path():
     for bad in ({}, {"node": "abcde"}, {"guid": "abcde", "path": "x.pt"}):
         with pytest.raises(ValueError):
@@ -288,16 +461,56 @@ def drive_mirror(server, file_id: str = DRIVE_ID) -> dict:
     return {"type": "gdrive", "id": file_id, "endpoint": server.origin}
 
 
+def gdown_home(monkeypatch, home: Path) -> Path:
+    """Make ``home`` the user's home, for gdown too: it fixed its default cookie file from $HOME at
+    import. Returns that default cookie file."""
+    monkeypatch.setenv("HOME", str(home))
+    cookies = home / ".cache" / "gdown" / "cookies.txt"
+    monkeypatch.setattr(sys.modules["gdown.download"], "DEFAULT_COOKIES_FILE", str(cookies))  # the module, not
+    # the function gdown.download
+    return cookies
+
+
 @pytest.mark.parametrize("options", [{}, {"large": True}, {"mode": "legacy"}],
                          ids=["small", "virus-scan-form", "legacy-confirm-link"])
 def test_gdrive_fetch_through_drive_pages(drive_emulator, corpus, tmp_path, monkeypatch, options):
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    gdown_home(monkeypatch, tmp_path / "home")
+    drive_emulator.nid_cookie = True
     drive_emulator.add(DRIVE_ID, "input.txt", corpus, **options)
     fetched, _ = fetch_one(tmp_path, drive_mirror(drive_emulator))
     assert fetched.sha256 == CORPUS_SHA256
     assert not (tmp_path / "home").exists()  # no cookie file, no gdown cache in the user's home
     served = [r for r in drive_emulator.content.log if r.status == 200 and "uuid" in r.query]
     assert bool(served) == bool(options.get("large"))  # the file came only through the submitted form
+
+
+def test_gdown_itself_would_save_cookies_in_home(drive_emulator, corpus, tmp_path, monkeypatch):
+    """What the check above guards against: gdown.download, with its default use_cookies, saves
+    the session's cookies to ~/.cache/gdown after every Drive answer."""
+    cookies = gdown_home(monkeypatch, tmp_path / "home")
+    drive_emulator.nid_cookie = True
+    drive_emulator.add(DRIVE_ID, "input.txt", corpus, large=True)
+    gdown_routed_to(drive_emulator, monkeypatch)
+    gdown.download(id=DRIVE_ID, output=str(tmp_path / "input.txt"), quiet=True)
+    assert cookies.is_file() and (tmp_path / "input.txt").read_bytes() == corpus
+
+
+def test_gdrive_confirm_uuid_works_only_for_the_file_it_was_issued_for(drive_emulator, corpus):
+    drive = drive_emulator
+    drive.nid_cookie = True
+    other = DRIVE_ID[:-1] + "7"
+    drive.add(DRIVE_ID, "input.txt", corpus, large=True)
+    drive.add(other, "other.txt", corpus[:1000], large=True)
+    page = requests.get(drive.url(f"/uc?id={DRIVE_ID}"))
+    assert page.history[0].status_code == 303 and "Virus scan warning" in page.text
+    assert re.fullmatch(r"NID=511=\w+; expires=.*; path=/; domain=\.google\.com; HttpOnly", page.headers["Set-Cookie"])
+    issued = re.search(r'name="uuid" value="([-\w]+)"', page.text).group(1)
+
+    def confirmed(file_id: str) -> requests.Response:
+        return requests.get(drive.content.url(f"/download?id={file_id}&export=download&confirm=t&uuid={issued}"))
+
+    assert "Virus scan warning" in confirmed(other).text  # another file's uuid: the warning again
+    assert confirmed(DRIVE_ID).content == corpus
 
 
 @pytest.mark.parametrize("options, outcome, words", [
@@ -327,3 +540,43 @@ def test_gdrive_id_is_validated():
     with pytest.raises(ValueError):
         gdrive.GdriveMirror(id="short")
     assert gdrive.GdriveMirror(id="XXXXXXX", published=False).describe() == "gdrive XXXXXXX"
+
+
+# -- tokens and untrusted endpoints ---------------------------------------------------------------
+
+
+def public_hf(request, corpus) -> tuple[dict, list[FileServer]]:
+    hub = request.getfixturevalue("hub_emulator")
+    hub.add_repo("org/ckpt")
+    hub.put("org/ckpt", "input.txt", corpus)
+    return {"type": "hf", "repo": "org/ckpt", "filename": "input.txt", "endpoint": hub.origin}, [hub, hub.cdn]
+
+
+def public_zenodo(request, corpus) -> tuple[dict, list[FileServer]]:
+    server = request.getfixturevalue("zenodo_emulator")
+    server.add_record(7501, {"input.txt": corpus})
+    return {"type": "zenodo", "record": 7501, "filename": "input.txt", "endpoint": server.origin}, [server]
+
+
+def public_osf(request, corpus) -> tuple[dict, list[FileServer]]:
+    server = request.getfixturevalue("osf_emulator")
+    server.add_node("phgpt")
+    stored = server.put("phgpt", "input.txt", corpus)
+    return {"type": "osf", "guid": stored.guid, "endpoint": server.origin}, [server, server.web, server.wb]
+
+
+@pytest.mark.parametrize("variable, public", [("HF_TOKEN", public_hf), ("ZENODO_TOKEN", public_zenodo),
+                                              ("OSF_TOKEN", public_osf)], ids=["hf", "zenodo", "osf"])
+def test_untrusted_endpoint_gets_no_token_and_is_asked_anonymously(request, corpus, tmp_path, monkeypatch, capsys,
+                                                                   variable, public):
+    token = "tokenForThePublicServiceOnly0123"
+    monkeypatch.setenv(variable, token)
+    monkeypatch.setenv("PHASEGPT_TRUSTED_ENDPOINTS", "https://mirror.example.org, 10.0.0.1")  # not 127.0.0.1
+    mirror, servers = public(request, corpus)
+    fetched, _ = fetch_one(tmp_path, mirror)
+    assert fetched.sha256 == CORPUS_SHA256
+    seen = [r for server in servers for r in server.log]
+    assert seen and all(r.authorization is None and token not in r.query for r in seen)
+    err = capsys.readouterr().err
+    assert f"warning: not sending {variable} to {mirror['endpoint']}: " in err and "PHASEGPT_TRUSTED_ENDPOINTS" in err
+    assert token not in err

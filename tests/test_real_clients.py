@@ -20,12 +20,13 @@ import gdown
 import pytest
 import requests
 from conftest import CORPUS_SHA256
-from gdown.exceptions import FileURLRetrievalError
+from emulators.fileserver import Faults
+from emulators.gdrive import gdown_routed_to
+from gdown.exceptions import DownloadError, FileURLRetrievalError
 
 from phasegpt_ckpt.cache import Cache
 from phasegpt_ckpt.fetch import fetch
 from phasegpt_ckpt.manifest import Manifest
-from phasegpt_ckpt.mirrors.gdrive import route_google_hosts
 
 pytestmark = pytest.mark.clients
 
@@ -43,40 +44,71 @@ HF_SCRIPT = """
 import hashlib, json, sys
 from huggingface_hub import hf_hub_download
 results = {}
-for name, repo, filename, revision in json.loads(sys.argv[1]):
+for name, kwargs in json.loads(sys.argv[1]).items():
     try:
-        path = hf_hub_download(repo, filename, revision=revision, cache_dir=sys.argv[2])
+        path = hf_hub_download(**kwargs, cache_dir=f"{sys.argv[2]}/{name}")  # no case finds another's file
         results[name] = hashlib.sha256(open(path, "rb").read()).hexdigest()
     except Exception as err:
         results[name] = type(err).__name__
 print(json.dumps(results))
 """
+MiB = 1024 * 1024
 
 
 def test_hf_hub_download_against_the_emulator(hub_emulator, corpus, tmp_path):
-    """huggingface_hub reads HF_ENDPOINT at import: it runs in a child process configured for the emulator."""
+    """huggingface_hub reads HF_ENDPOINT at import: it runs in a child process configured for the emulator,
+    with no HF_TOKEN and no saved login, so each case is anonymous unless it passes its token."""
     hub, token = hub_emulator, "hf_realClientToken"
-    hub.add_repo("org/ckpt", private=True, tokens={token})
+    hub.add_repo("org/ckpt", private=True, tokens={token}, branches=("main", "refs/pr/1"))
     hub.put("org/ckpt", "input.txt", corpus)
     small = b'{"epoch": 3}\n'
     hub.put("org/ckpt", "info.json", small, lfs=False)
+    big = corpus * 11  # 11.7 MiB: more than the client's 10 MiB read
+    hub.put("org/ckpt", "big.bin", big)
+    hub.cdn.set_faults(hub.cdn_path("org/ckpt", "big.bin"), Faults(drop_after=11 * MiB, times=1))
     hub.add_repo("org/gated", gated=True)
-    cases = [("lfs", "org/ckpt", "input.txt", "main"), ("small", "org/ckpt", "info.json", "main"),
-             ("entry", "org/ckpt", "missing.pt", "main"), ("revision", "org/ckpt", "input.txt", "v9"),
-             ("repo", "org/none", "input.txt", "main"), ("gated", "org/gated", "input.txt", "main")]
-    env = {**os.environ, "HF_ENDPOINT": hub.origin, "HF_TOKEN": token, "HF_HUB_DISABLE_XET": "1",
-           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HOME": str(tmp_path / "hf")}
+    hub.add_repo("org/public")
+    hub.put("org/public", "input.txt", corpus)
+    hub.add_repo("datasets/org/corpus")
+    hub.put("datasets/org/corpus", "info.json", small, lfs=False)
+    authorized = {"repo_id": "org/ckpt", "token": token}
+    cases = {"lfs": {**authorized, "filename": "input.txt"}, "small": {**authorized, "filename": "info.json"},
+             "pr": {**authorized, "filename": "input.txt", "revision": "refs/pr/1"},
+             "resumed": {**authorized, "filename": "big.bin"},
+             "entry": {**authorized, "filename": "missing.pt"},
+             "revision": {**authorized, "filename": "input.txt", "revision": "v9"},
+             "repo": {"repo_id": "org/none", "filename": "input.txt", "token": token},
+             "gated": {"repo_id": "org/gated", "filename": "input.txt", "token": token},
+             "anonymous-private": {"repo_id": "org/ckpt", "filename": "info.json"},
+             "anonymous-public": {"repo_id": "org/public", "filename": "input.txt"},
+             "anonymous-dataset": {"repo_id": "org/corpus", "filename": "info.json", "repo_type": "dataset"}}
+    env = {key: value for key, value in os.environ.items() if key != "HF_TOKEN"}
+    env.update(HF_ENDPOINT=hub.origin, HF_HUB_DISABLE_XET="1", HF_HUB_DISABLE_TELEMETRY="1",
+               HF_HOME=str(tmp_path / "hf"))
     run = subprocess.run([sys.executable, "-c", HF_SCRIPT, json.dumps(cases), str(tmp_path / "hub")],
                          env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     results = json.loads(run.stdout)
 
-    assert results == {"lfs": CORPUS_SHA256, "small": hashlib.sha256(small).hexdigest(),
+    small_sha256 = hashlib.sha256(small).hexdigest()
+    assert results == {"lfs": CORPUS_SHA256, "small": small_sha256, "pr": CORPUS_SHA256,
+                       "resumed": hashlib.sha256(big).hexdigest(),
                        "entry": "RemoteEntryNotFoundError", "revision": "RevisionNotFoundError",
-                       "repo": "RepositoryNotFoundError", "gated": "GatedRepoError"}
+                       "repo": "RepositoryNotFoundError", "gated": "GatedRepoError",
+                       "anonymous-private": "RepositoryNotFoundError",  # 401 + X-Error-Code over http://
+                       "anonymous-public": CORPUS_SHA256, "anonymous-dataset": small_sha256}
     cdn = hub.cdn.requests_to(hub.cdn_path("org/ckpt", "input.txt"))
-    assert [r.method for r in cdn] == ["GET"] and cdn[0].authorization is None  # the client, too, keeps it off the CDN
-    assert all(r.authorization == f"Bearer {token}" for r in hub.log)
+    assert [r.method for r in cdn] == ["GET"] * 3  # "lfs", "pr" and "anonymous-public": the same content
+    assert all(r.authorization is None for r in hub.cdn.log)  # the client, too, keeps the token off the CDN
+    resumed = hub.cdn.requests_to(hub.cdn_path("org/ckpt", "big.bin"))
+    assert [(r.range, r.status) for r in resumed] == [(None, 200), (f"bytes={10 * MiB}-", 206)]  # its own resume
+    anonymous = [r for r in hub.log if r.path.startswith(("/org/public/", "/datasets/", "/api/resolve-cache/datasets/"))
+                 or r.path == "/org/ckpt/resolve/main/info.json" and r.status == 401]
+    assert len(anonymous) == 5 and all(r.authorization is None for r in anonymous)
+    assert all(r.authorization == f"Bearer {token}" for r in hub.log if r not in anonymous)
+    assert "/org/ckpt/resolve/refs%2Fpr%2F1/input.txt" in [r.path for r in hub.log]
+    # the small files came through the same-origin /api/resolve-cache hop, which the client followed
+    assert [r.status for r in hub.log if r.path.startswith("/api/resolve-cache/")] == [200, 200, 200, 200]
 
 
 # -- gdown ----------------------------------------------------------------------------------------
@@ -85,15 +117,7 @@ def test_hf_hub_download_against_the_emulator(hub_emulator, corpus, tmp_path):
 @pytest.fixture
 def gdown_on_emulator(drive_emulator, monkeypatch):
     """gdown hard-codes Google's hosts: route its session's requests for them to the emulator."""
-    module = sys.modules["gdown.download"]  # gdown.download is also the name of the function
-    real_get_session = module._get_session
-
-    def get_session(**kwargs):
-        session, cookies_file = real_get_session(**kwargs)
-        route_google_hosts(session, drive_emulator.origin)
-        return session, cookies_file
-
-    monkeypatch.setattr(module, "_get_session", get_session)
+    gdown_routed_to(drive_emulator, monkeypatch)
     return drive_emulator
 
 
@@ -112,6 +136,28 @@ def test_gdown_resumes_a_part_file_with_range(gdown_on_emulator, corpus, tmp_pat
     assert Path(path).read_bytes() == corpus
     ranged = [r for r in gdown_on_emulator.content.log if r.range]
     assert [(r.range, r.status) for r in ranged] == [("bytes=500000-", 206)]
+
+
+@pytest.mark.parametrize("faults", [
+    Faults(ignore_range=True),
+    Faults(times=2, then_content=...),  # the warning page, the probe GET; then the file changes
+], ids=["range-ignored", "etag-changed-after-the-probe"])
+def test_gdown_refuses_a_resume_the_server_did_not_honour(gdown_on_emulator, corpus, tmp_path, faults):
+    """gdown probes the file (a plain GET: its ETag), then asks for the rest with Range and If-Range:
+    a 200 instead of the 206 must fail, the partial file untouched and no output written."""
+    drive = gdown_on_emulator
+    drive.add(DRIVE_ID, "input.txt", corpus, large=True)
+    part = tmp_path / "input.txtABCDEFGH.part"
+    part.write_bytes(corpus[:500_000])
+    if faults.then_content is ...:
+        faults.then_content = corpus[::-1]
+    drive.content.set_faults("/download", faults)
+    with pytest.raises(DownloadError, match="did not honor the requested byte range"):
+        gdown.download(id=DRIVE_ID, output=str(tmp_path / "input.txt"), quiet=True, use_cookies=False, resume=True)
+    assert part.read_bytes() == corpus[:500_000] and not (tmp_path / "input.txt").exists()
+    probe, resumed = [r for r in drive.content.log if "uuid=" in r.query]
+    assert (probe.range, probe.status) == (None, 200)
+    assert (resumed.range, resumed.if_range, resumed.status) == ("bytes=500000-", f'"{CORPUS_SHA256}"', 200)
 
 
 def test_gdown_reads_the_quota_page(gdown_on_emulator, corpus, tmp_path):
@@ -175,12 +221,14 @@ def olah(tmp_path, corpus):
     origin = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+        while True:
             try:
                 requests.head(f"{origin}/org/ckpt/resolve/main/input.txt", timeout=5)
                 break
             except requests.ConnectionError:
                 assert server.poll() is None, "olah exited at start-up"
+                if time.monotonic() > deadline:
+                    pytest.fail(f"olah did not answer on {origin} within 60 s")
                 time.sleep(0.2)
         yield origin
     finally:

@@ -15,18 +15,21 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from full_disk import FullDisk
 
+import manifests
 from model import GPT2Config, GPT2Model
-from phasegpt_ckpt import train as training
-from phasegpt_ckpt.checkpoint import load_checkpoint
+from phasegpt_ckpt.checkpoint import describe, load_checkpoint, save_checkpoint
 from phasegpt_ckpt.data import get_dataloaders
 from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.evaluate import measure
+from phasegpt_ckpt.manifest import load_manifest
 from phasegpt_ckpt.metadata import load_metadata
-from phasegpt_ckpt.train import (
-    RunConfig, Trainer, WarmupCosine, build_optimizer, build_scheduler, load_config, resume, schedule_note,
-    shipped_configs, train,
-)
+from phasegpt_ckpt.progress import plot_metrics
+from phasegpt_ckpt.publish import publish
+from phasegpt_ckpt.run_config import RunConfig, load_config, shipped_configs
+from phasegpt_ckpt.schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_note
+from phasegpt_ckpt.train import Trainer, resume, train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 4
@@ -116,7 +119,7 @@ def test_extending_the_schedule_is_continuous_and_ends_on_the_floor():
 
 def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "epoch_1.pt"
-    training.save_checkpoint({"epoch": 1, "w": torch.arange(4.0)}, path)
+    save_checkpoint({"epoch": 1, "w": torch.arange(4.0)}, path)
 
     def dies_halfway(obj, f):
         Path(f).write_bytes(b"PK\x03\x04 half a zip")
@@ -124,7 +127,7 @@ def test_a_crash_mid_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch)
 
     monkeypatch.setattr(torch, "save", dies_halfway)
     with pytest.raises(OSError, match="disk full"):
-        training.save_checkpoint({"epoch": 2, "w": torch.zeros(4)}, path)
+        save_checkpoint({"epoch": 2, "w": torch.zeros(4)}, path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pt"]  # no temp file left behind
     assert torch.load(path, weights_only=True)["epoch"] == 1
 
@@ -179,6 +182,19 @@ def test_metadata_json_describes_best_model_and_validates(run_a, corpus_path):
     measured = measure(loaded.model, val_loader)
     assert measured.ppl == pytest.approx(info.validation_ppl, abs=1e-4)
     assert measured.R_mean == pytest.approx(info.order_parameter_R, abs=1e-4)
+    assert measured.R_std == pytest.approx(info.order_parameter_R_std, abs=1e-4)
+    assert info.validation_tokens == measured.tokens
+
+
+def test_publish_writes_the_trainers_metadata_json_from_the_checkpoint_alone(run_a, tmp_path):
+    shutil.copy(run_a / "best_model.pt", tmp_path / "best_model.pt")  # without the trainer's JSON beside it
+    (tmp_path / "manifest.yaml").write_text("version: 1\n")
+
+    published = publish(tmp_path / "best_model.pt", "tiny-test", manifest=tmp_path / "manifest.yaml")
+
+    written = json.loads(published.metadata_path.read_text())
+    assert written == json.loads((run_a / "best_model_info.json").read_text())  # one builder, one answer
+    assert written["hardware"] and written["date_trained"] and written["pytorch_version"] == torch.__version__
 
 
 def test_resume_from_epoch_2_reproduces_the_run_bit_for_bit(run_a, corpus_path, tmp_path):
@@ -206,7 +222,7 @@ def test_resume_from_interrupted_pt_is_exact_too(run_a, corpus_path, tmp_path, m
     assert_same_weights(run_a / "final_model.pt", tmp_path / "final_model.pt")
 
 
-def test_resume_beyond_the_plan_extends_the_schedule_from_where_it_stands(run_a, corpus_path, tmp_path):
+def test_resume_beyond_the_plan_extends_the_schedule_from_where_it_stands(run_a, corpus_path, tmp_path, run_cli):
     shutil.copy(run_a / "epoch_2.pt", tmp_path / "epoch_2.pt")
     before = torch.load(tmp_path / "epoch_2.pt", weights_only=True)
     joint = before["global_step"]
@@ -221,6 +237,10 @@ def test_resume_beyond_the_plan_extends_the_schedule_from_where_it_stands(run_a,
     assert factor["start_step"] == joint
     assert base * factor["start_factor"] == pytest.approx(before["optimizer_state_dict"]["param_groups"][0]["lr"])
     assert final["optimizer_state_dict"]["param_groups"][0]["lr"] == pytest.approx(base * 0.1)  # floor at the new end
+    assert describe(tmp_path / "final_model.pt")["schedule"] == result.schedule  # and `info` says so
+    code, out, err = run_cli("info", tmp_path / "final_model.pt", "--json")
+    assert code == 0 and json.loads(out)["checkpoint"]["schedule"] == "schedule extended from 3 to 4 epochs at step 8"
+    assert describe(run_a / "final_model.pt")["schedule"] is None  # a run that kept to its plan
 
 
 def test_resume_refuses_an_epoch_count_already_reached(run_a, corpus_path):
@@ -295,28 +315,78 @@ def test_sigint_saves_interrupted_pt_and_exits_130(tmp_path, corpus_path):
     assert f"state saved to {tmp_path / 'run' / 'interrupted.pt'}" in rest
 
 
-# -- distributed: two gloo processes compute what one does ---------------------------------------
+@pytest.fixture
+def full_disk(tmp_path):
+    disk = FullDisk(tmp_path)  # a small tmpfs where this process may mount one, else torch.save fails as on one
+    yield disk
+    disk.close()
 
 
-def test_two_gloo_processes_match_one_and_resume_on_one(tmp_path, corpus_path):
-    # dropout 0: the ranks' own dropout masks would differ from a single process's by design.
-    config = {**TINY, "model": {**TINY["model"], "dropout": 0.0}, "training": {**TINY["training"], "max_epochs": 2}}
-    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(config))
-    process = _cli("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "phasegpt_ckpt", "train",
-                   "--config", str(tmp_path / "ddp.yaml"), "--device", "cpu", "--data", str(corpus_path),
-                   "--save-dir", str(tmp_path / "ddp"), "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+def test_disk_full_during_a_checkpoint_write_is_one_line_exit_2_and_keeps_the_previous(full_disk, tmp_path,
+                                                                                      corpus_path, run_cli):
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**TINY, "training": {**TINY["training"], "max_epochs": 1}}))
+    save_dir = full_disk.root / "run"
+    command = ("train", "--config", tmp_path / "tiny.yaml", "--save-dir", save_dir, "--data", corpus_path,
+               "--device", "cpu")
+    code, _, err = run_cli(*command)
+    assert code == 0, err
+    best = save_dir / "best_model.pt"
+    before = best.read_bytes()
+    full_disk.fill(leave=len(before) // 3)
+
+    code, out, err = run_cli(*command)  # the same run again: its first best_model.pt no longer fits
+
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert code == 2 and out == "" and "Traceback" not in err and len(errors) == 1
+    assert errors[0].startswith(f"error: disk full while writing {best}") and "untouched" in errors[0]
+    assert best.read_bytes() == before and not [p for p in save_dir.iterdir() if p.name.startswith(".")]
+    assert load_checkpoint(best).epoch == 1
+
+
+# -- distributed: two gloo processes compute what one does, and checkpoints cross world sizes -----
+
+# dropout 0: the ranks' own dropout masks would differ from a single process's by design.
+DDP = {**TINY, "model": {**TINY["model"], "dropout": 0.0}, "training": {**TINY["training"], "max_epochs": 2}}
+
+
+@pytest.fixture(scope="module")
+def single_process_run(tmp_path_factory, corpus_path) -> Path:
+    """The DDP config trained in one process: what two processes must compute too."""
+    save_dir = tmp_path_factory.mktemp("single")
+    train(RunConfig.from_dict(DDP), save_dir=save_dir, data=corpus_path, device="cpu")
+    return save_dir
+
+
+def torchrun(*args) -> dict:
+    """``torchrun --nproc_per_node=2 -m phasegpt_ckpt ARGS --device cpu --json``: the one document rank 0 prints."""
+    process = _cli("torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "phasegpt_ckpt", *map(str, args),
+                   "--device", "cpu", "--json", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    assert json.loads(out)["global_step"] == 2 * STEPS_PER_EPOCH  # rank 0 alone printed its one document
-    train(RunConfig.from_dict(config), save_dir=tmp_path / "single", data=corpus_path, device="cpu")
-    ddp, single = weights(tmp_path / "ddp" / "final_model.pt"), weights(tmp_path / "single" / "final_model.pt")
-    for key in single:
-        torch.testing.assert_close(ddp[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    return json.loads(out)
+
+
+def assert_close_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    for key in wb:
+        torch.testing.assert_close(wa[key], wb[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_two_gloo_processes_match_one_and_resume_on_one(tmp_path, corpus_path, single_process_run):
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(DDP))
+    result = torchrun("train", "--config", tmp_path / "ddp.yaml", "--data", corpus_path, "--save-dir", tmp_path / "ddp")
+    assert result["global_step"] == 2 * STEPS_PER_EPOCH
+    assert_close_weights(tmp_path / "ddp" / "final_model.pt", single_process_run / "final_model.pt")
     # a checkpoint written by two processes resumes on one
     resume(tmp_path / "ddp" / "epoch_1.pt", epochs=2, save_dir=tmp_path / "resumed", data=corpus_path, device="cpu")
-    resumed = weights(tmp_path / "resumed" / "final_model.pt")
-    for key in single:
-        torch.testing.assert_close(resumed[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    assert_close_weights(tmp_path / "resumed" / "final_model.pt", single_process_run / "final_model.pt")
+
+
+def test_a_one_process_checkpoint_resumes_on_two(tmp_path, corpus_path, single_process_run):
+    result = torchrun("resume", "--model", single_process_run / "epoch_1.pt", "--epochs", 2, "--data", corpus_path,
+                      "--save-dir", tmp_path / "resumed")
+    assert (result["epoch"], result["global_step"]) == (2, 2 * STEPS_PER_EPOCH)
+    assert_close_weights(tmp_path / "resumed" / "final_model.pt", single_process_run / "final_model.pt")
 
 
 # -- configs ------------------------------------------------------------------------------------
@@ -368,7 +438,7 @@ def test_config_mistakes_are_one_line_bad_input(tmp_path):
 def test_plot_without_matplotlib_is_a_one_line_error(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(BadInput, match=r"pip install 'phasegpt-ckpt\[plot\]'"):
-        training.plot_metrics([], tmp_path / "x.png")
+        plot_metrics([], tmp_path / "x.png")
 
 
 @pytest.mark.cuda
@@ -381,3 +451,16 @@ def test_cuda_training_with_bf16_fused_adamw_and_compile_continues_on_cpu(tmp_pa
     assert "cuda" in saved["rng_state"] and "NVIDIA" in load_metadata(tmp_path / "best_model_info.json").hardware
     resume(tmp_path / "final_model.pt", epochs=2, data=corpus_path, device="cpu")
     assert torch.load(tmp_path / "final_model.pt", weights_only=True)["global_step"] == 2 * STEPS_PER_EPOCH
+
+
+# -- the bundled checkpoint ---------------------------------------------------------------------
+
+
+def test_the_bundled_checkpoint_was_trained_by_this_trainer_with_the_shipped_tiny_config():
+    bundled = torch.load(REPO / "manifests" / "phasegpt-tiny.pt", weights_only=True)
+    assert bundled["config"] == load_config("tiny").to_dict()
+    assert bundled["epoch"] == bundled["config"]["training"]["max_epochs"] == bundled["schedule"]["planned_epochs"]
+    factor = bundled["scheduler_state_dict"]["lr_lambdas"][0]
+    assert factor.keys() == vars(WarmupCosine(1, 2)).keys()  # the schedule state this code saves and restores
+    claim = load_manifest(manifests.DEFAULT).artifact("phasegpt-tiny").claims["validation_ppl"]
+    assert abs(bundled["best_val_ppl"] - claim.value) <= claim.tolerance  # the trainer's number is the published one

@@ -20,7 +20,9 @@ from conftest import CORPUS_SHA256, REPO
 from emulators.fileserver import Faults, FileServer
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, PhasegptError
 from phasegpt_ckpt.mirrors.base import Source
-from phasegpt_ckpt.transfer import RetryPolicy, check_url_allowed, hash_file, transfer
+from phasegpt_ckpt.digest import hash_file
+from phasegpt_ckpt.transfer import RetryPolicy, transfer
+from phasegpt_ckpt.web import check_url_allowed
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, connect_timeout=2, read_timeout=0.5)
 ONCE = RetryPolicy(attempts=1, connect_timeout=2, read_timeout=0.5)

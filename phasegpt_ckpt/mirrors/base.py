@@ -11,18 +11,26 @@ provider cannot serve the file. The transfer engine then moves the bytes.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 from urllib.parse import urlsplit
 
 import requests
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
+from .. import console, web
 from ..errors import MirrorFailed
 
 # Metadata calls are small: fail over to the next mirror quickly rather than wait.
 API_TIMEOUT = (10, 30)
+MAX_API_WAIT = 30.0  # seconds a rate-limited API call waits before its one retry
+
+# A URL field of a mirror entry: https, or http to loopback only (see web.check_url_allowed).
+AllowedUrl = Annotated[str, AfterValidator(web.allowed_url)]
+# A provider's base URL (scheme, host and port), None meaning its public service.
+Endpoint = Annotated[Optional[AllowedUrl], AfterValidator(lambda url: url and url.rstrip("/"))]
 
 
 class MirrorBase(BaseModel):
@@ -46,6 +54,8 @@ class Source:
     files already on disk. ``size``/``sha256``/``md5`` are what the provider publishes
     (``None`` where it publishes nothing); fetch compares them with the manifest before
     any byte moves. ``session`` carries provider cookies (Google Drive) when needed.
+    ``stable_url`` names the file when ``url`` changes at every resolution (a signed CDN link,
+    Drive's confirmed form): a part left by an earlier run is resumed only for the same one.
     """
 
     label: str
@@ -57,33 +67,13 @@ class Source:
     md5: Optional[str] = None
     revision: Optional[str] = None
     session: Optional[requests.Session] = None
-    accepts_ranges: bool = True
-
-
-def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``url``: credentials never cross this boundary."""
-    parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
-
-
-def bearer(token: Optional[str]) -> dict[str, str]:
-    """``Authorization`` header for an optional token: ``bearer(None) == {}``."""
-    return {"Authorization": f"Bearer {token}"} if token else {}
-
-
-def credentials_for(url: str, token: Optional[str], *trusted: str) -> dict[str, str]:
-    """The token's header only when ``url`` lies on one of the ``trusted`` origins.
-
-    >>> credentials_for("https://cdn.example/x", "t", "https://hub.example")
-    {}
-    """
-    return bearer(token) if origin(url) in {origin(t) for t in trusted} else {}
+    stable_url: Optional[str] = None
 
 
 def get(session: requests.Session, url: str, *, what: str, **kwargs: Any) -> requests.Response:
-    """``session.get`` with the metadata timeout; a network failure becomes :class:`MirrorFailed`."""
+    """A provider API GET (redirects checked by :func:`web.get`); a network failure becomes :class:`MirrorFailed`."""
     try:
-        return session.get(url, timeout=API_TIMEOUT, **kwargs)
+        return web.get(session, url, label=what, timeout=API_TIMEOUT, **kwargs)
     except requests.Timeout:
         raise MirrorFailed("timeout", f"{what}: no answer from {urlsplit(url).netloc}") from None
     except requests.RequestException as err:
@@ -98,6 +88,11 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
     The outcome tag is the HTTP status ("404"), or "network"/"timeout"/"bad answer".
     """
     response = get(session, url, what=what, **kwargs)
+    if response.status_code == 429:  # rate limited (Zenodo allows 60 anonymous calls a minute): wait, once
+        wait = min(web.retry_after(response.headers.get("Retry-After")) or 1.0, MAX_API_WAIT)
+        console.log(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.0f}s")
+        time.sleep(wait)
+        response = get(session, url, what=what, **kwargs)
     if response.status_code >= 400:
         hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
         raise MirrorFailed(

@@ -13,15 +13,14 @@ would save them to ``~/.cache/gdown``.
 from __future__ import annotations
 
 import re
-from typing import Literal, Optional
-from urllib.parse import urlsplit
+from typing import Literal
 
 import requests
-from requests.adapters import HTTPAdapter
 from pydantic import model_validator
 
+from .. import web
 from ..errors import MirrorFailed
-from .base import MirrorBase, Source, get
+from .base import Endpoint, MirrorBase, Source, get
 
 FILE_ID = re.compile(r"[-\w]{25,}")
 DRIVE = "https://drive.google.com"
@@ -35,7 +34,7 @@ class GdriveMirror(MirrorBase):
 
     type: Literal["gdrive"] = "gdrive"
     id: str
-    endpoint: Optional[str] = None
+    endpoint: Endpoint = None
 
     @model_validator(mode="after")
     def _valid_id(self) -> "GdriveMirror":
@@ -59,7 +58,8 @@ def resolve(mirror: GdriveMirror, session: requests.Session) -> Source:
             if response.ok and "Content-Disposition" in response.headers:
                 size = response.headers.get("Content-Length")
                 return Source(label=mirror.describe(), url=response.url, session=drive,
-                              size=int(size) if size else None)
+                              size=int(size) if size else None,
+                              stable_url=f"{DRIVE}/uc?id={mirror.id}")  # a confirmed link carries a fresh uuid
             if response.status_code == 404:
                 raise MirrorFailed("404", f"Google Drive has no file {mirror.id}")
             if not response.headers.get("Content-Type", "").startswith("text/html"):
@@ -85,19 +85,4 @@ def route_google_hosts(session: requests.Session, endpoint: str) -> None:
 
     Works for any code that uses ``session``, gdown's own included.
     """
-    adapter = _Rerouted(endpoint.rstrip("/"))
-    for host in GOOGLE_HOSTS:
-        session.mount(host, adapter)
-
-
-class _Rerouted(HTTPAdapter):
-    """A transport adapter that keeps path and query but swaps scheme, host and port."""
-
-    def __init__(self, endpoint: str):
-        super().__init__()
-        self.endpoint = endpoint
-
-    def send(self, request: requests.PreparedRequest, **kwargs) -> requests.Response:
-        parts = urlsplit(request.url)
-        request.url = self.endpoint + parts.path + (f"?{parts.query}" if parts.query else "")
-        return super().send(request, **kwargs)
+    web.reroute(session, endpoint, *GOOGLE_HOSTS)

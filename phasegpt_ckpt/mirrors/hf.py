@@ -17,11 +17,16 @@ from typing import Literal, Optional
 from urllib.parse import urljoin
 
 import requests
+from pydantic import field_validator
 
+from .. import web
+from ..digest import SHA256_HEX
 from ..errors import MirrorFailed
-from .base import API_TIMEOUT, MirrorBase, Source, credentials_for
+from .base import API_TIMEOUT, Endpoint, MirrorBase, Source
 
-SHA256 = re.compile(r"[0-9a-f]{64}")
+HUB = "https://huggingface.co"
+# The Hub's repository ids: NAME or NAMESPACE/NAME, letters, digits, '-', '_', '.', no '--' or '..'.
+REPO_ID = re.compile(r"(?!.*(--|\.\.))(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
 
 class HfMirror(MirrorBase):
@@ -32,14 +37,23 @@ class HfMirror(MirrorBase):
     filename: str
     revision: str = "main"
     repo_type: Literal["model", "dataset", "space"] = "model"
-    endpoint: Optional[str] = None
+    endpoint: Endpoint = None
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, repo: str) -> str:
+        if not REPO_ID.fullmatch(repo) or repo.endswith((".git", "-", ".")):
+            raise ValueError(f"not a Hub repository id (ORG/NAME, e.g. templetwo/phasegpt-checkpoints): {repo!r}")
+        return repo
 
     def describe(self) -> str:
         return f"hf {self.repo}@{self.revision}"
 
     def base_url(self) -> str:
         """``endpoint``, else ``HF_ENDPOINT`` (read now, not at import), else the public Hub."""
-        return (self.endpoint or os.environ.get("HF_ENDPOINT") or "https://huggingface.co").rstrip("/")
+        base = (self.endpoint or os.environ.get("HF_ENDPOINT") or HUB).rstrip("/")
+        web.check_url_allowed(base)  # HF_ENDPOINT comes from the environment, unvalidated
+        return base
 
 
 def resolve(mirror: HfMirror, session: requests.Session) -> Source:
@@ -51,15 +65,15 @@ def resolve(mirror: HfMirror, session: requests.Session) -> Source:
     # Imported here: huggingface_hub costs ~0.3 s to import, paid only when an hf mirror is tried.
     import httpx2
     from huggingface_hub import get_hf_file_metadata, get_token, hf_hub_url
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
 
     endpoint = mirror.base_url()
-    token = get_token()
-    url = hf_hub_url(mirror.repo, mirror.filename, repo_type=mirror.repo_type, revision=mirror.revision,
-                     endpoint=endpoint)
+    token = web.trusted_token(get_token(), endpoint, HUB, os.environ.get("HF_ENDPOINT"), name="HF_TOKEN")
     try:
+        url = hf_hub_url(mirror.repo, mirror.filename, repo_type=mirror.repo_type, revision=mirror.revision,
+                         endpoint=endpoint)
         meta = get_hf_file_metadata(url, token=token or False, timeout=API_TIMEOUT[1], endpoint=endpoint)
-    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError) as err:
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, HFValidationError) as err:
         raise _mirror_failed(mirror, err, token) from None
     if not meta.commit_hash:
         raise MirrorFailed("bad answer", f"{endpoint} does not look like a Hugging Face Hub (no X-Repo-Commit)")
@@ -68,10 +82,12 @@ def resolve(mirror: HfMirror, session: requests.Session) -> Source:
     return Source(
         label=mirror.describe(),
         url=location,
-        headers=credentials_for(location, token, endpoint),
+        headers=web.credentials_for(location, token, endpoint),
         size=meta.size,
-        sha256=etag if SHA256.fullmatch(etag) else None,  # LFS files only; small files carry a git sha1
+        sha256=etag if SHA256_HEX.fullmatch(etag) else None,  # LFS files only; small files carry a git sha1
         revision=meta.commit_hash,
+        stable_url=hf_hub_url(mirror.repo, mirror.filename, repo_type=mirror.repo_type, revision=meta.commit_hash,
+                              endpoint=endpoint),  # the CDN link is signed anew at every resolution
     )
 
 
@@ -80,6 +96,7 @@ def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> Mi
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         HfHubHTTPError,
         OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
@@ -88,6 +105,8 @@ def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> Mi
     )
 
     where = f"{mirror.repo}@{mirror.revision}"
+    if isinstance(err, HFValidationError):
+        return MirrorFailed("bad input", f"huggingface_hub refuses {where} {mirror.filename!r}: {err}")
     if isinstance(err, GatedRepoError) and err.response.status_code == 403:
         return MirrorFailed("gated", f"{mirror.repo} is gated and your token is not granted access: ask on the Hub")
     if isinstance(err, GatedRepoError):
@@ -102,13 +121,8 @@ def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> Mi
         return MirrorFailed("offline", "HF_HUB_OFFLINE is set: the Hub is not asked")
     if isinstance(err, HfHubHTTPError):
         status = err.response.status_code
-        said = _scrub(err.server_message or "", token).strip().splitlines()
+        said = web.scrub(err.server_message or "", token).strip().splitlines()
         return MirrorFailed(str(status), f"the Hub answered HTTP {status} for {where}{': ' + said[0] if said else ''}")
     if isinstance(err, httpx2.TimeoutException):
         return MirrorFailed("timeout", f"no answer from {mirror.base_url()}")
     return MirrorFailed("network", f"cannot reach {mirror.base_url()} ({type(err).__name__})")
-
-
-def _scrub(text: str, token: Optional[str]) -> str:
-    """Server text may echo request details; the token must never reach a message."""
-    return text.replace(token, "***") if token else text

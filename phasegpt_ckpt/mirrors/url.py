@@ -10,27 +10,15 @@ from __future__ import annotations
 from typing import Literal
 
 import requests
-from pydantic import field_validator
 
-from ..errors import BadInput
-from ..transfer import check_url_allowed
-from .base import MirrorBase, Source
+from .base import AllowedUrl, MirrorBase, Source
 
 
 class UrlMirror(MirrorBase):
     """``url``: https anywhere, or http to a loopback address only."""
 
     type: Literal["url"] = "url"
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _allowed(cls, url: str) -> str:
-        try:
-            check_url_allowed(url)
-        except BadInput as err:  # pydantic reports ValueError with the field's path
-            raise ValueError(str(err)) from None
-        return url
+    url: AllowedUrl
 
     def describe(self) -> str:
         return f"url {self.url}"

@@ -18,11 +18,13 @@ from urllib.parse import quote
 import requests
 from pydantic import Field, model_validator
 
+from .. import web
 from ..errors import MirrorFailed
-from .base import MirrorBase, Source, bearer, credentials_for, get_json
+from .base import Endpoint, MirrorBase, Source, get_json
 
 DOI = re.compile(r"10\.(?:5281|5072)/zenodo\.(\d+)")
 SANDBOX_PREFIX = "10.5072/"  # DataCite's test prefix: DOIs minted by sandbox.zenodo.org
+ZENODO, SANDBOX = "https://zenodo.org", "https://sandbox.zenodo.org"
 
 
 class ZenodoMirror(MirrorBase):
@@ -32,7 +34,7 @@ class ZenodoMirror(MirrorBase):
     record: Optional[str] = Field(None, coerce_numbers_to_str=True)  # YAML gives an int
     doi: Optional[str] = None
     filename: Optional[str] = None  # the file's key; may wait until the record is published
-    endpoint: Optional[str] = None
+    endpoint: Endpoint = None
 
     @model_validator(mode="after")
     def _one_identifier(self) -> "ZenodoMirror":
@@ -55,20 +57,21 @@ class ZenodoMirror(MirrorBase):
     def base_url(self) -> str:
         """``endpoint``, else the sandbox for a test-prefix DOI, else zenodo.org."""
         sandbox = (self.doi or "").startswith(SANDBOX_PREFIX)
-        return (self.endpoint or ("https://sandbox.zenodo.org" if sandbox else "https://zenodo.org")).rstrip("/")
+        return self.endpoint or (SANDBOX if sandbox else ZENODO)
 
 
 def resolve(mirror: ZenodoMirror, session: requests.Session) -> Source:
     """Read the record (or a concept record's latest version) and find the file by key."""
     api = f"{mirror.base_url()}/api/records/{mirror.record_id()}"
-    token = os.environ.get("ZENODO_TOKEN")
-    ask = dict(what=f"Zenodo record {mirror.record_id()}", token_env="ZENODO_TOKEN", headers=bearer(token))
+    token = web.trusted_token(os.environ.get("ZENODO_TOKEN"), mirror.base_url(), ZENODO, SANDBOX, name="ZENODO_TOKEN")
+    ask = dict(what=f"Zenodo record {mirror.record_id()}", token_env="ZENODO_TOKEN", headers=web.bearer(token))
     try:
         record = get_json(session, api, **ask)
     except MirrorFailed as err:
         if err.outcome != "404":
             raise
         record = get_json(session, f"{api}/versions/latest", **ask)  # a concept id: its newest version
+    _check_doi(mirror, record)
     version = str(record.get("id", mirror.record_id()))
     entry = _file_entry(record, mirror.filename)
     content = f"{mirror.base_url()}/api/records/{version}/files/{quote(mirror.filename, safe='')}/content"
@@ -77,7 +80,7 @@ def resolve(mirror: ZenodoMirror, session: requests.Session) -> Source:
     return Source(
         label=mirror.describe(),
         url=url,
-        headers=credentials_for(url, token, mirror.base_url()),
+        headers=web.credentials_for(url, token, mirror.base_url()),
         size=entry.get("size", entry.get("filesize")),
         md5=digest.lower() if algorithm in ("md5", "") and digest else None,
         revision=version,
@@ -90,3 +93,11 @@ def _file_entry(record: dict, filename: str) -> dict:
         if filename in (entry.get("key"), entry.get("filename")):
             return entry
     raise MirrorFailed("404", f"Zenodo record {record.get('id')} has no file {filename!r}")
+
+
+def _check_doi(mirror: ZenodoMirror, record: dict) -> None:
+    """The record must carry the DOI the manifest names (a sandbox DOI asked of zenodo.org finds another record)."""
+    dois = {record.get("doi"), record.get("conceptdoi")} - {None}
+    if mirror.doi and dois and mirror.doi not in dois:
+        raise MirrorFailed("bad answer", f"{mirror.base_url()} record {record.get('id')} has DOI "
+                                         f"{record.get('doi')}, not {mirror.doi}: wrong service or endpoint?")

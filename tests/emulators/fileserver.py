@@ -37,12 +37,19 @@ Provider emulators add routes (a regex matched against the whole path; named gro
 Other answers: ``send_json(obj, status=200)``, ``send_html(text, status=200)``,
 ``redirect(location, status=302)`` (``location`` may be another server's :meth:`FileServer.url`),
 ``send(status, body, content_type=..., headers=...)``. Several origins = several servers.
+Headers put in ``request.extra_headers`` are added to whatever answer the request gets.
+
+Redirect chains (PROVIDERS.md §5) are a table of hops, any status, to this or another origin::
+
+    a.add_redirect("/start", "/hop", 301)                       # relative, same origin
+    a.add_redirect("/hop", b.url("/files/model.pt"), 308)       # on to another port
 
 Faults are set per path at runtime (:meth:`FileServer.set_faults`) and apply to the first ``times``
 requests of ``methods`` on that path (every one when ``times`` is None); ``Faults.attempts`` counts them.
 Status, stall-before-headers, HTML-page and redirect-loop faults apply to every route; the body
 faults (drop, stall mid-body, ignore Range, wrong start, corrupt, extra, endless, throttle) apply
-where a route calls :meth:`Request.send_blob`.
+where a route calls :meth:`Request.send_blob`. A server that refuses HEAD (§5) is
+``Faults(status=405, methods=("HEAD",))``; its 405 says ``Allow: GET``.
 """
 from __future__ import annotations
 
@@ -67,32 +74,33 @@ CHUNK = 64 * 1024
 class Blob:
     """Bytes served with their validators.
 
-    ``etag``: ``True`` sends the quoted sha256 (recomputed when the content changes), a string is
-    sent verbatim (Zenodo: ``'"md5:<hex>"'``), ``None`` sends none (OSF WaterButler).
+    ``etag``: ``True`` sends the quoted sha256, a function of the bytes sends what it returns
+    (Zenodo: ``'"md5:<hex>"'``), both recomputed when the content changes; a string is sent
+    verbatim, ``None`` sends none (OSF WaterButler).
     ``ranges=False``: Range is ignored (200, ``Accept-Ranges: none``). ``full_span_200``: a range
     covering the whole file answers 200, as WaterButler does.
     """
 
     data: bytes
     content_type: str = "application/octet-stream"
-    etag: Union[bool, str, None] = True
+    etag: Union[bool, str, Callable[[bytes], str], None] = True
     last_modified: Optional[str] = None
     headers: dict[str, str] = field(default_factory=dict)
     ranges: bool = True
     full_span_200: bool = False
 
     def __post_init__(self):
-        self._auto_etag = self.etag is True
-        if self._auto_etag:
-            self.etag = f'"{hashlib.sha256(self.data).hexdigest()}"'
+        self._etag_of = _quoted_sha256 if self.etag is True else self.etag if callable(self.etag) else None
+        if self._etag_of:
+            self.etag = self._etag_of(self.data)
         if self.last_modified is None:
             self.last_modified = formatdate(time.time() - 3600, usegmt=True)
 
     def replace(self, data: bytes) -> None:
-        """New content: a new auto ETag and a Last-Modified one second later, so both validators change."""
+        """New content: a new computed ETag and a Last-Modified one second later, so both validators change."""
         self.data = data
-        if self._auto_etag:
-            self.etag = f'"{hashlib.sha256(data).hexdigest()}"'
+        if self._etag_of:
+            self.etag = self._etag_of(data)
         if self.last_modified is not None:
             later = parsedate_to_datetime(self.last_modified).timestamp() + 1
             self.last_modified = formatdate(later, usegmt=True)
@@ -113,6 +121,8 @@ class Faults:
     endless: no Content-Length, a body that never ends.  redirect_loop: 302 to the same URL.
     bytes_per_second: throttle the body.  then_content: once the faulted requests are spent,
     the file's content (and so its ETag and Last-Modified) becomes this.
+    echo_authorization: error answers quote the request's Authorization back, as a broken
+    server may (status faults here; provider emulators' own error messages too).
     """
 
     times: Optional[int] = None
@@ -131,6 +141,7 @@ class Faults:
     redirect_loop: bool = False
     bytes_per_second: Optional[float] = None
     then_content: Optional[bytes] = None
+    echo_authorization: bool = False
     attempts: int = 0
 
 
@@ -178,6 +189,13 @@ class Request:
         self.params: dict[str, str] = {}
         self.logged = logged
         self.faults: Optional[Faults] = None  # set when this request is one of the faulted ones
+        self.extra_headers: dict[str, str] = {}  # added to whatever answer this request gets
+
+    def echoed(self, message: str) -> str:
+        """``message``, quoting the request's Authorization when the ``echo_authorization`` fault is on."""
+        if self.faults and self.faults.echo_authorization:
+            return f"{message} (request had Authorization: {self.headers.get('Authorization')})"
+        return message
 
     # -- plain answers ---------------------------------------------------------------------------
     def send(self, status: int, body: bytes = b"", content_type: str = "text/plain; charset=utf-8",
@@ -279,7 +297,7 @@ class Request:
         self.logged.status = status
         h = self._handler
         h.send_response(status)
-        for name, value in headers.items():
+        for name, value in [*headers.items(), *self.extra_headers.items()]:  # two Set-Cookie may go
             h.send_header(name, value)
         h.end_headers()
 
@@ -298,6 +316,7 @@ class FileServer:
         self.files: dict[str, Blob] = {}
         self.faults: dict[str, Faults] = {}
         self.log: list[LoggedRequest] = []
+        self.redirects: dict[str, tuple[int, str]] = {}  # path -> (status, Location)
         self._routes: list[tuple[re.Pattern, Handler, tuple[str, ...]]] = []
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -324,6 +343,10 @@ class FileServer:
         blob = Blob(data, **options)
         self.files[path] = blob
         return blob
+
+    def add_redirect(self, path: str, location: str, status: int = 302) -> None:
+        """Answer ``path`` (HEAD and GET) with ``status`` and ``Location: location``."""
+        self.redirects[path] = (status, location)
 
     def route(self, pattern: str, handler: Handler, methods: tuple[str, ...] = ("GET", "HEAD")) -> None:
         """Answer paths fully matching the regex ``pattern`` with ``handler(request)``."""
@@ -368,6 +391,9 @@ class FileServer:
         blob = self.files.get(request.path)
         if blob is not None and request.method in ("GET", "HEAD"):
             return request.send_blob(blob)
+        if request.path in self.redirects and request.method in ("GET", "HEAD"):
+            status, location = self.redirects[request.path]
+            return request.redirect(location, status)
         for pattern, handler, methods in self._routes:
             match = pattern.fullmatch(request.path)
             if match and request.method in methods:
@@ -390,7 +416,9 @@ class FileServer:
             self._stopping.wait(faults.stall)
         if faults.status is not None:
             extra = {} if faults.retry_after is None else {"Retry-After": str(faults.retry_after)}
-            request.send(faults.status, f"fault {faults.status}\n".encode(), headers=extra)
+            if faults.status == 405:
+                extra["Allow"] = "GET"
+            request.send(faults.status, request.echoed(f"fault {faults.status}").encode() + b"\n", headers=extra)
         elif faults.html_page is not None:
             request.send_html(faults.html_page)
         elif faults.redirect_loop:
@@ -439,6 +467,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):
         pass  # the request log is the record; keep test output clean
+
+
+def _quoted_sha256(data: bytes) -> str:
+    return f'"{hashlib.sha256(data).hexdigest()}"'
 
 
 def _parse_range(spec: str, size: int):

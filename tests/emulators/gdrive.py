@@ -3,12 +3,15 @@ drive.usercontent.google.com.
 
 Host A answers ``/uc?id=`` and ``/open?id=`` with a 303 to host B's ``/download``, which serves
 small files at once and large ones only once the virus-scan form (on one line, a fresh
-``uuid`` per page) has been submitted. Switchable pages per file: ``quota`` (Quota exceeded),
-``private`` (a redirect to a sign-in page) and ``legacy`` (the pre-2024 confirm link, which
-gdown prefixes with docs.google.com: route that host to host A too)::
+``uuid`` per page, good for the file it was issued for only) has been submitted. Switchable
+pages per file: ``quota`` (Quota exceeded), ``private`` (a redirect to a sign-in page) and
+``legacy`` (the pre-2024 confirm link, which gdown prefixes with docs.google.com: route that
+host to host A too). ``nid_cookie=True`` adds Google's ``Set-Cookie: NID=...; Domain=.google.com``
+to every answer of both hosts::
 
-    with DriveEmulator() as drive:
+    with DriveEmulator(nid_cookie=True) as drive:
         drive.add("1" + "a" * 32, "best_model.pt", data, large=True)
+        gdown_routed_to(drive, monkeypatch)      # real gdown now talks to it
 """
 from __future__ import annotations
 
@@ -48,11 +51,12 @@ class DriveFile:
 
 
 class DriveEmulator(FileServer):
-    def __init__(self):
+    def __init__(self, nid_cookie: bool = False):
         super().__init__()
         self.content = FileServer()
         self.drive_files: dict[str, DriveFile] = {}  # FileServer.files is taken
-        self.issued_uuids: set[str] = set()
+        self.issued_uuids: dict[str, str] = {}  # uuid -> the file id whose warning page carried it
+        self.nid_cookie = nid_cookie
         self.route(r"/(uc|open)", self.uc)
         self.route(r"/ServiceLogin", lambda request: request.send_html(SIGN_IN_PAGE))
         self.content.route(r"/download", self.download)
@@ -66,6 +70,7 @@ class DriveEmulator(FileServer):
         """Host A: everything goes on to host B, except missing and private files."""
         file_id = request.query.get("id", "")
         drive_file = self.drive_files.get(file_id)
+        self._set_cookie(request)
         if drive_file is None:
             return request.send_html(NOT_FOUND_PAGE, 404)
         if drive_file.mode == "private":
@@ -77,6 +82,7 @@ class DriveEmulator(FileServer):
         """Host B: the file, or the page standing in front of it."""
         file_id, confirm = request.query.get("id", ""), request.query.get("confirm")
         drive_file = self.drive_files.get(file_id)
+        self._set_cookie(request)
         if drive_file is None:
             return request.send_html(NOT_FOUND_PAGE, 404)
         if drive_file.mode == "quota":
@@ -85,13 +91,13 @@ class DriveEmulator(FileServer):
             return request.send_html(self._legacy_page(file_id, drive_file), headers={
                 "Set-Cookie": f"download_warning_{file_id}={drive_file.legacy_token}; Path=/"})
         if drive_file.large and drive_file.mode != "legacy" and not (
-                confirm == "t" and request.query.get("uuid") in self.issued_uuids):
+                confirm == "t" and self.issued_uuids.get(request.query.get("uuid")) == file_id):
             return request.send_html(self._virus_scan_page(file_id, drive_file))
         request.send_blob(drive_file.blob)
 
     def _virus_scan_page(self, file_id: str, drive_file: DriveFile) -> str:
         fresh = str(uuid.uuid4())
-        self.issued_uuids.add(fresh)
+        self.issued_uuids[fresh] = file_id
         hidden = "".join(f'<input type="hidden" name="{name}" value="{value}">' for name, value in (
             ("id", file_id), ("export", "download"), ("authuser", "0"), ("confirm", "t"), ("uuid", fresh)))
         return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>\n"
@@ -106,6 +112,12 @@ class DriveEmulator(FileServer):
                 f'<a id="uc-download-link" href="/uc?export=download&amp;confirm={drive_file.legacy_token}'
                 f'&amp;id={file_id}">Download anyway</a>\n</body></html>')
 
+    def _set_cookie(self, request: Request) -> None:
+        if self.nid_cookie:
+            request.extra_headers["Set-Cookie"] = (f"NID=511={uuid.uuid4().hex}; "
+                                                   "expires=Fri, 01-Jan-2038 00:00:00 GMT; path=/; "
+                                                   "domain=.google.com; HttpOnly")
+
     def start(self) -> "DriveEmulator":
         self.content.start()
         return super().start()
@@ -113,3 +125,23 @@ class DriveEmulator(FileServer):
     def stop(self) -> None:
         super().stop()
         self.content.stop()
+
+
+def gdown_routed_to(drive: DriveEmulator, monkeypatch) -> None:
+    """Make real gdown talk to ``drive``: it hard-codes Google's hosts, so its session's requests for
+    them are rerouted (PROVIDERS.md §4.5, workaround 2) for the rest of the test."""
+    import sys
+
+    import gdown.download  # noqa: F401  (the module, for sys.modules)
+
+    from phasegpt_ckpt.mirrors.gdrive import route_google_hosts
+
+    module = sys.modules["gdown.download"]  # gdown.download is also the name of the function
+    real_get_session = module._get_session
+
+    def get_session(**kwargs):
+        session, cookies_file = real_get_session(**kwargs)
+        route_google_hosts(session, drive.origin)
+        return session, cookies_file
+
+    monkeypatch.setattr(module, "_get_session", get_session)

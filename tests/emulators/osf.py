@@ -4,9 +4,11 @@ Three origins: this server is ``api.osf.io``; ``web`` answers ``/download/<guid>
 ``/<guid>/download`` with a 302 to ``wb``, which streams the bytes with no ETag and answers
 a range covering the whole file with 200, as WaterButler does. Listings paginate
 (``page``, ``page[size]`` capped at ``page_cap``, absolute ``links.next``, null at the end);
-folders link their listing through ``relationships.files``. Private nodes answer 401
-without their token; deleted files and unknown guids 410. All errors are JSON:API
-``{"errors": [{"detail": ...}]}``::
+folders link their listing through ``relationships.files``. Listings take ``filter[name]``
+(a case-insensitive substring, OSF's default for text fields; ``filter[name][eq]`` for the
+exact name) and ``filter[kind]``, applied before paging and kept in the page links. Private nodes answer 401
+without their token, on the API and on WaterButler; deleted files and unknown guids 410.
+All errors are JSON:API ``{"errors": [{"detail": ...}]}``::
 
     with OsfEmulator() as osf:
         osf.add_node("abcde")
@@ -137,9 +139,10 @@ class OsfEmulator(FileServer):
             return _error(request, 404, "Not found.")
         size = min(int(request.query.get("page[size]", 10)), self.page_cap)
         page = int(request.query.get("page", 1))
-        entries = folder.children
+        filters = {k: v for k, v in request.query.items() if k.startswith("filter[")}
+        entries = [e for e in folder.children if _matches(self._entry(e)["attributes"], filters)]
         here = self.url(request.path)
-        link = lambda n: f"{here}?{urlencode({'page': n, 'page[size]': size})}"  # noqa: E731
+        link = lambda n: f"{here}?{urlencode({**filters, 'page': n, 'page[size]': size})}"  # noqa: E731
         last = max(1, -(-len(entries) // size))
         request.send_json({
             "data": [self._entry(e) for e in entries[(page - 1) * size: page * size]],
@@ -167,7 +170,8 @@ class OsfEmulator(FileServer):
         osf_file = self.osf_files.get(request.params["id"])
         if osf_file is None or osf_file.deleted:
             return _error(request, 404, "Not found.")
-        request.send_blob(osf_file.blob)
+        if self._readable(request, osf_file.node):  # WaterButler checks the node's permissions itself
+            request.send_blob(osf_file.blob)
 
     # -- helpers --------------------------------------------------------------------------------
     def _readable(self, request: Request, node_id: str) -> Optional[Node]:
@@ -218,6 +222,17 @@ class OsfEmulator(FileServer):
 def _id(node_id: str, path: str) -> str:
     """OSF's 24-hex object id, derived from the path so tests can predict it."""
     return hashlib.sha1(f"{node_id}:{path}".encode()).hexdigest()[:24]
+
+
+def _matches(attributes: dict, filters: dict[str, str]) -> bool:
+    """Does an entry pass ``filter[name]`` (substring, any case), ``filter[name][eq]`` and ``filter[kind]``?"""
+    for key, wanted in filters.items():
+        field, _, op = key.removeprefix("filter[").rstrip("]").partition("][")
+        op = op or ("icontains" if field == "name" else "eq")
+        value = str(attributes.get(field))
+        if not (wanted.lower() in value.lower() if op == "icontains" else value == wanted):
+            return False
+    return True
 
 
 def _related(href: str) -> dict:

@@ -1,18 +1,27 @@
 """Zenodo's records API on 127.0.0.1 (PROVIDERS.md §2.5), in its legacy-compatible JSON shape.
 
 ``/api/records/<id>`` with absolute links; a concept id answers 404 there and 302 on
-``/versions/latest``; files at ``.../files/<key>/content`` and ``/records/<id>/files/<key>?download=1``
-with ``ETag: "md5:<hex>"`` and ``Content-MD5``. Restricted records need a Bearer token or
-``?access_token``, else 403. ``legacy=True`` serves the 2023 variant (``filename``,
-``filesize``, a bare checksum)::
+``/versions/latest``; files at ``.../files/<key>/content`` (``inline``, as the InvenioRDM API
+docs show) and on the web at ``/records/<id>/files/<key>`` (``inline``; with ``?download=1``
+as an ``attachment``), with ``ETag: "md5:<hex>"`` and ``Content-MD5`` of the current bytes.
+Restricted records need a Bearer token or ``?access_token``, else 403. ``legacy=True`` serves
+the 2023 variant (``filename``, ``filesize``, a bare checksum).
 
-    with ZenodoEmulator() as zenodo:
+Every answer carries ``X-RateLimit-Limit``, ``-Remaining`` and ``-Reset`` (epoch seconds) for a
+fixed window of ``rate_limit`` requests per ``rate_window`` seconds (60 a minute, as seen for
+anonymous users); past it, 429 with ``Retry-After``. ``sandbox=True`` stands for
+sandbox.zenodo.org: the same routes, DOIs under the test prefix ``10.5072``::
+
+    with ZenodoEmulator() as zenodo, ZenodoEmulator(sandbox=True) as sandbox:
         zenodo.add_record(1001, {"best_model.pt": data}, concept=1000)
         zenodo.add_record(1002, {"best_model.pt": data2}, concept=1000)   # the latest version
+        zenodo.limit_rate(1, per=1.0)                                      # 429 from the second request
 """
 from __future__ import annotations
 
 import hashlib
+import math
+import time
 from dataclasses import dataclass, field
 from typing import Optional
 from urllib.parse import quote, unquote
@@ -30,9 +39,12 @@ class Record:
 
 
 class ZenodoEmulator(FileServer):
-    def __init__(self):
+    def __init__(self, sandbox: bool = False):
         super().__init__()
         self.records: dict[int, Record] = {}
+        self.doi_prefix = "10.5072" if sandbox else "10.5281"
+        self.rate_limit, self.rate_window = 60, 60.0
+        self._window: tuple[float, int] = (0.0, 0)  # (start, requests in it)
         records = r"/api/records/(?P<id>\d+)"
         self.route(records, self.record)
         self.route(records + r"/versions/latest", self.latest)
@@ -43,11 +55,15 @@ class ZenodoEmulator(FileServer):
 
     def add_record(self, record_id: int, files: dict[str, bytes], concept: Optional[int] = None, **options) -> Record:
         """A published version; versions sharing a ``concept`` id are ordered by record id."""
-        blobs = {key: Blob(data, etag=f'"md5:{hashlib.md5(data).hexdigest()}"', headers={
-            "Content-MD5": hashlib.md5(data).hexdigest(),
-            "Content-Disposition": f"attachment; filename={quote(key)}"}) for key, data in files.items()}
+        blobs = {key: Blob(data, etag=lambda data: f'"md5:{hashlib.md5(data).hexdigest()}"')
+                 for key, data in files.items()}
         self.records[record_id] = record = Record(record_id, concept or record_id - 1, blobs, **options)
         return record
+
+    def limit_rate(self, requests: int, per: float) -> None:
+        """Allow ``requests`` per window of ``per`` seconds, the first window starting now."""
+        with self._lock:
+            self.rate_limit, self.rate_window, self._window = requests, per, (time.time(), 0)
 
     def content_path(self, record_id: int, key: str) -> str:
         """The API download path of a file (where faults are switched)."""
@@ -81,7 +97,26 @@ class ZenodoEmulator(FileServer):
     def content(self, request: Request) -> None:
         record, key = self._readable(request), unquote(request.params["key"])
         if record and self._has(request, record, key):
-            request.send_blob(record.files[key])
+            blob = record.files[key]
+            attachment = not request.path.startswith("/api/") and request.query.get("download") == "1"
+            request.send_blob(blob, headers={
+                "Content-MD5": hashlib.md5(blob.data).hexdigest(),
+                "Content-Disposition": f"{'attachment' if attachment else 'inline'}; filename={quote(key)}"})
+
+    def _dispatch(self, request: Request) -> None:
+        """Count the request in the rate-limit window; past the limit, 429 instead of the answer."""
+        now = time.time()
+        with self._lock:
+            start, used = self._window if now < self._window[0] + self.rate_window else (now, 0)
+            self._window = (start, used + 1)
+        reset = start + self.rate_window
+        request.extra_headers = {"X-RateLimit-Limit": str(self.rate_limit),
+                                 "X-RateLimit-Remaining": str(max(0, self.rate_limit - used - 1)),
+                                 "X-RateLimit-Reset": str(math.ceil(reset))}
+        if used >= self.rate_limit:
+            return request.send_json({"status": 429, "message": "Too many requests."}, 429,
+                                     headers={"Retry-After": str(math.ceil(reset - now))})
+        super()._dispatch(request)
 
     # -- helpers --------------------------------------------------------------------------------
     def _readable(self, request: Request) -> Optional[Record]:
@@ -104,7 +139,7 @@ class ZenodoEmulator(FileServer):
         api = self.url(f"/api/records/{record.id}")
         return {
             "id": record.id, "recid": str(record.id), "conceptrecid": str(record.concept),
-            "doi": f"10.5281/zenodo.{record.id}", "conceptdoi": f"10.5281/zenodo.{record.concept}",
+            "doi": f"{self.doi_prefix}/zenodo.{record.id}", "conceptdoi": f"{self.doi_prefix}/zenodo.{record.concept}",
             "title": "PhaseGPT checkpoints", "metadata": {"title": "PhaseGPT checkpoints", "access_right": "open"},
             "files": [self._file_json(record, key) for key in record.files],
             "links": {"self": api, "self_html": self.url(f"/records/{record.id}"), "files": f"{api}/files",

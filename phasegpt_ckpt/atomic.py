@@ -1,0 +1,94 @@
+"""Atomic file writes: a temporary file beside the final path, fsynced, renamed, the rename made durable.
+
+A reader (or a crash) sees the previous file or the new one, never half of one. The temporary file
+is created as ``open()`` would create the final one (mode 0666 less the umask, or the mode of the
+file it replaces), so a checkpoint or manifest written this way is as readable as any other file.
+
+    >>> with atomic_path(Path("runs/x/best_model.pt")) as temp:    # doctest: +SKIP
+    ...     torch.save(checkpoint, temp)
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+import stat
+from pathlib import Path
+from typing import Iterator, Optional
+
+from .errors import BadInput
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path beside ``final`` to write; fsynced and renamed onto ``final`` only on success.
+
+    A full disk is a one-line ``BadInput`` that says the previous file is untouched.
+    """
+    final = Path(final)
+    temp = _create_beside(final)
+    try:
+        yield temp
+        with open(temp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temp, final)
+        fsync_directory(final.parent)  # the rename itself must survive a power cut
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(err, final.parent):
+            raise
+        raise BadInput(f"disk full while writing {final}: free space and run again; "
+                       f"the previous {final.name}, if any, is untouched") from None
+    finally:
+        temp.unlink(missing_ok=True)
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Atomically replace a small text file (metadata JSON, metrics.jsonl, a manifest)."""
+    path = Path(path)
+    with atomic_path(path) as temp:
+        temp.write_text(text, encoding="utf-8")
+    return path
+
+
+def _create_beside(final: Path) -> Path:
+    """An empty, new, hidden file in ``final``'s directory, with the mode ``final`` will have.
+
+    Not ``tempfile.mkstemp``: its files are 0600, and the rename would carry that onto a checkpoint
+    meant to be shared. O_EXCL with a random name gives the same guarantee (never an existing file).
+    """
+    temp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+    try:
+        os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
+        if final.exists():
+            os.chmod(temp, stat.S_IMODE(final.stat().st_mode))
+    except OSError as err:
+        temp.unlink(missing_ok=True)
+        raise BadInput(f"cannot write {final}: {err.strerror}") from None
+    return temp
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename in ``directory`` durable (POSIX keeps it in the directory, not the file)."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # Windows cannot open a directory; its renames need no such sync
+        return
+    try:
+        os.fsync(fd)
+    except OSError as err:
+        if err.errno != errno.EINVAL:  # a file system that cannot sync a directory (some FUSE mounts)
+            raise
+    finally:
+        os.close(fd)
+
+
+def _disk_full(err: Optional[BaseException], directory: Path) -> bool:
+    """ENOSPC anywhere in the chain, or no space left at all: torch's C++ writer reports a full
+    disk as a bare RuntimeError ("unexpected pos", "iostream error")."""
+    while err is not None:
+        if getattr(err, "errno", None) == errno.ENOSPC:
+            return True
+        err = err.__context__
+    return shutil.disk_usage(directory).free == 0
