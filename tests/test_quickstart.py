@@ -38,7 +38,9 @@ def installed(tmp_path_factory) -> Path:
     purelib = run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"]).stdout.strip()
     ours = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
     Path(purelib, "dependencies.pth").write_text("\n".join(sorted(ours)) + "\n")
-    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "-q", str(wheel)])
+    # --ignore-installed: the .pth shows this interpreter's phasegpt-ckpt too, which pip would take as installed
+    run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index", "--ignore-installed",
+         "-q", str(wheel)])
     return venv / "bin"
 
 
