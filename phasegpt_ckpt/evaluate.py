@@ -35,7 +35,7 @@ from .errors import BadInput, PhasegptError
 from .fetch import fetch_metadata
 from .generate import recomputed_from
 from .manifest import Manifest
-from .metadata import CheckpointInfo, load_metadata
+from .metadata import CheckpointInfo, info_path, load_metadata
 from .verify import FAIL, OK, UNAVAILABLE, Check, Verdict
 
 DEPENDENCE_THRESHOLD = 1e-4  # |Δlogit| above float32 rounding: the earlier positions saw the change
@@ -302,10 +302,16 @@ def evaluate_checkpoint(
     device = pick_device(device)
     corpus = corpus_path(data, **(locate_options or {}))
     ckpt = load_checkpoint(path, expected_sha256=expected_sha256, config=config, data=corpus, device=device)
-    _, val_loader = get_dataloaders(corpus, block_size=block_size_of(ckpt), batch_size=batch_size, vocab=ckpt.vocab)
+    val_loader = validation_loader(ckpt, corpus, batch_size)
     measurement = measure(ckpt.model, val_loader, device=device)
     audit = audit_causality(ckpt.model, val_loader, windows=causality_windows, device=device) if causality else None
     return EvalReport(Path(path), ckpt.coupling_mode, measurement, check_claims(claims or [], measurement), audit)
+
+
+def validation_loader(ckpt: LoadedCheckpoint, corpus: str | Path, batch_size: int = 16) -> DataLoader:
+    """The validation windows of ``corpus`` a checkpoint is measured on: :func:`block_size_of` it, its vocabulary."""
+    _, val_loader = get_dataloaders(corpus, block_size=block_size_of(ckpt), batch_size=batch_size, vocab=ckpt.vocab)
+    return val_loader
 
 
 def block_size_of(ckpt: LoadedCheckpoint) -> int:
@@ -345,7 +351,7 @@ def _metadata_of(verdict: Verdict, manifest: Manifest, cache: Cache, offline: Op
         with contextlib.suppress(PhasegptError):  # verify's own row already says why it is unavailable
             return fetch_metadata(verdict.artifact, manifest=manifest, cache=cache, offline=offline)
         return None
-    beside = verdict.path.with_name(f"{verdict.path.stem}_info.json")
+    beside = info_path(verdict.path)
     if not beside.is_file():
         return None
     try:

@@ -284,17 +284,13 @@ def _preflight(artifact: Artifact, source: Source) -> tuple[Optional[str], str]:
     Returns the sha256 the bytes must have (None: nothing to check against) and what it came
     from. A provider that disagrees serves a different file (replaced upstream): skip it.
     """
-    if artifact.size is not None and source.size is not None and source.size != artifact.size:
-        raise MirrorFailed("disagrees: provider size ≠ manifest",
-                           f"it has {source.size} bytes, the manifest says {artifact.size}")
-    if artifact.md5 is not None and source.md5 is not None and source.md5.lower() != artifact.md5:
-        raise MirrorFailed("disagrees: provider md5 ≠ manifest",
-                           f"it publishes md5 {source.md5.lower()}, the manifest says {artifact.md5}")
+    mismatch = source.disagreement(size=artifact.size, sha256=artifact.sha256, md5=artifact.md5)
+    if mismatch is not None:
+        field, theirs, ours = mismatch
+        said = f"it has {theirs} bytes" if field == "size" else f"it publishes {field} {theirs}"
+        raise MirrorFailed(f"disagrees: provider {field} ≠ manifest", f"{said}, the manifest says {ours}")
     published = source.sha256.lower() if source.sha256 else None
     if artifact.sha256 is not None:
-        if published not in (None, artifact.sha256):
-            raise MirrorFailed("disagrees: provider sha256 ≠ manifest",
-                               f"it publishes sha256 {published}, the manifest says {artifact.sha256}")
         return artifact.sha256, "pinned (manifest sha256)"
     if published is not None:
         return published, "unpinned (provider sha256)"

@@ -85,6 +85,17 @@ class CheckpointInfo(BaseModel):
         return any(abs(size / unit - self.file_size_mb) <= half_unit for unit in MEGABYTES)
 
 
+def info_path(checkpoint: str | Path) -> Path:
+    """Where a checkpoint's metadata JSON lies: ``<stem>_info.json`` beside it, as the seed's
+    ``best_model_info.json`` beside ``best_model.pt`` (train and publish write it there).
+
+    >>> info_path("checkpoints/best_model.pt").as_posix()
+    'checkpoints/best_model_info.json'
+    """
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(f"{checkpoint.stem}_info.json")
+
+
 def load_metadata(path: str | Path) -> CheckpointInfo:
     """Read a metadata JSON file; a file that is not one is a one-line BadInput.
 

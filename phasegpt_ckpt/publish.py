@@ -32,11 +32,11 @@ import manifests
 from . import console, web
 from .atomic import atomic_path
 from .cache import Cache
-from .checkpoint import load_checkpoint
+from .checkpoint import LoadedCheckpoint, corpus_path, load_checkpoint
 from .digest import hash_file
 from .errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
 from .manifest import ArtifactName, Manifest, first_error, load_manifest
-from .metadata import DIGITS, build_info, save_info
+from .metadata import DIGITS, build_info, info_path, save_info
 from .mirrors import resolve
 from .mirrors.base import MirrorBase, Source
 from .mirrors.hf import REPO_ID, HfMirror
@@ -104,24 +104,24 @@ def publish(
     hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
     ours = FileFacts(path, *hash_file(path))
     recorded = [_record_mirror(r, filename) for r in records]
-    published_md5 = ["md5" in _checked(mirror, ours) for mirror in recorded]
+    published_md5 = [_checked(mirror, ours).md5 is not None for mirror in recorded]
     previous = current.artifacts.get(name)
     # Recorded whenever a provider publishes md5 (fetch compares it before any byte moves), and kept
     # true for the new bytes when the entry already had one.
     md5 = ours.md5 if any(published_md5) or (previous is not None and previous.md5) else None
     locate_options = {"manifest": current, "cache": cache}
     ckpt = load_checkpoint(path, data=data, load_training_state=True, locate_options=locate_options)
-    measured = _measure(path, data, device, locate_options) if measure else None
-    info_path = path.with_name(f"{path.stem}_info.json")
+    measured = _measure(ckpt, corpus_path(data, **locate_options), device) if measure else None
+    info_file = info_path(path)
     info = build_info(name, ckpt.config, ckpt.training_state or {}, size=ours.size, sha256=ours.sha256,
-                      validation=measured and measured.summary(), known=_known_info(info_path, ours.sha256))
-    save_info(info, info_path)
-    info_facts = FileFacts(info_path, *hash_file(info_path))
+                      validation=measured and measured.summary(), known=_known_info(info_file, ours.sha256))
+    save_info(info, info_file)
+    info_facts = FileFacts(info_file, *hash_file(info_file))
 
-    ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_path)
+    ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file)
     revision = None
     if hub is not None:
-        revision = upload_to_hub(hub, {filename: path, metadata_filename: info_path})
+        revision = upload_to_hub(hub, {filename: path, metadata_filename: info_file})
         ckpt_mirrors.append(_uploaded(hub, filename, revision, ours))
         info_mirrors.append(_uploaded(hub, metadata_filename, revision, info_facts))
     ckpt_mirrors += recorded
@@ -135,7 +135,7 @@ def publish(
     for entry_name, entry in entries.items():
         _warn_stale(current, entry_name, entry)
     updated = update_manifest(manifest_path, entries)
-    return Published(name, path, ours.size, ours.sha256, metadata_name, info_path, manifest_path, claims,
+    return Published(name, path, ours.size, ours.sha256, metadata_name, info_file, manifest_path, claims,
                      [m.describe() for m in updated.artifact(name).mirrors], revision)
 
 
@@ -156,21 +156,22 @@ class FileFacts:
 # -- the metadata JSON ------------------------------------------------------------------------------
 
 
-def _known_info(info_path: Path, sha256: str) -> Optional[dict]:
-    """A metadata JSON already at ``info_path`` that vouches for these very bytes (the trainer's, a
+def _known_info(path: Path, sha256: str) -> Optional[dict]:
+    """A metadata JSON already at ``path`` that vouches for these very bytes (the trainer's, a
     previous publish), else None: a JSON about other bytes says nothing about this file."""
     try:
-        known = json.loads(info_path.read_text(encoding="utf-8"))
+        known = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return known if isinstance(known, dict) and str(known.get("sha256", "")).lower() == sha256 else None
 
 
-def _measure(path: Path, data, device: str, locate_options: dict):
-    from .evaluate import evaluate_checkpoint
+def _measure(ckpt: LoadedCheckpoint, corpus: Path, device: str):
+    """The checkpoint's validation numbers, measured on the model already loaded."""
+    from .evaluate import measure, validation_loader
 
-    console.log(f"measuring {path} on the validation split ({device}) ...")
-    return evaluate_checkpoint(path, data=data, device=device, locate_options=locate_options).measurement
+    console.log(f"measuring {ckpt.path} on the validation split ({device}) ...")
+    return measure(ckpt.model, validation_loader(ckpt, corpus), device=device)
 
 
 def _claims(measured, tolerance: float) -> dict[str, dict[str, float]]:
@@ -303,8 +304,8 @@ def _record_mirror(record: Union[str, MirrorBase], filename: str) -> MirrorBase:
     return parse_record(record, filename) if isinstance(record, str) else record
 
 
-def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> dict[str, Any]:
-    """What ``mirror``'s provider publishes (size, sha256, md5), once every one of them agrees with the file.
+def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> Source:
+    """What ``mirror``'s provider publishes, once its size and every hash it publishes agree with the file.
 
     Refused with one line when one disagrees, or when ``need_hash`` and the provider publishes no hash.
     """
@@ -314,23 +315,19 @@ def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> dic
         except MirrorFailed as err:
             unreachable = err.outcome in ("network", "timeout") or err.outcome.startswith("5")
             raise (MirrorsExhausted if unreachable else BadInput)(f"cannot list {mirror.describe()}: {err}") from None
-    facts = _published(source)
-    if "size" in facts and facts["size"] != ours.size:
-        raise VerificationFailed(f"{mirror.describe()} has {facts['size']} bytes, {ours.path} has {ours.size}: "
+    # fetch compares the same fields before any byte moves: every one must hold
+    mismatch = source.disagreement(size=ours.size, sha256=ours.sha256, md5=ours.md5 if source.md5 else None)
+    if mismatch is not None and mismatch[0] == "size":
+        raise VerificationFailed(f"{mirror.describe()} has {mismatch[1]} bytes, {ours.path} has {ours.size}: "
                                  "not listing it")
-    if need_hash and not {"sha256", "md5"} & facts.keys():
+    if need_hash and not (source.sha256 or source.md5):
         raise VerificationFailed(f"{mirror.describe()} publishes no sha256 or md5 to compare {ours.path} with: "
                                  "not listing it")
-    for algorithm in ("sha256", "md5"):  # fetch compares both before any byte moves: both must hold
-        if algorithm in facts and facts[algorithm] != getattr(ours, algorithm):
-            raise VerificationFailed(f"{mirror.describe()} has {algorithm} {facts[algorithm]}, {ours.path} has "
-                                     f"{getattr(ours, algorithm)}: it holds other bytes; not listing it")
-    return facts
-
-
-def _published(source: Source) -> dict[str, Any]:
-    facts = {"size": source.size, "sha256": source.sha256, "md5": source.md5}
-    return {k: (v.lower() if isinstance(v, str) else v) for k, v in facts.items() if v is not None}
+    if mismatch is not None:
+        field, theirs, mine = mismatch
+        raise VerificationFailed(f"{mirror.describe()} has {field} {theirs}, {ours.path} has {mine}: it holds "
+                                 "other bytes; not listing it")
+    return source
 
 
 def _local_mirrors(manifest_path: Path, *paths: Path) -> list[list[MirrorBase]]:

@@ -55,7 +55,7 @@ from .digest import hash_file
 from .distributed import Placement, placement
 from .errors import BadInput
 from .evaluate import measure
-from .metadata import build_info, provenance, save_info
+from .metadata import build_info, info_path, provenance, save_info
 from .progress import EpochProgress, epoch_line, plot_metrics, read_metrics, require_matplotlib, write_metrics
 from .rng import restore_rng, rng_neutral_iter, rng_state
 from .run_config import RunConfig, load_config
@@ -63,7 +63,6 @@ from .schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_n
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
-INFO_FILE = "best_model_info.json"
 
 
 @dataclass
@@ -373,9 +372,9 @@ class Trainer:
         """The seed's ``best_model_info.json`` for the checkpoint just written at ``path``."""
         size, sha256 = hash_file(path)
         info = build_info(self.run.experiment.name, self.raw_model.config, checkpoint, size=size, sha256=sha256)
-        save_info(info, path.with_name(INFO_FILE))
-        if INFO_FILE not in self.files:
-            self.files.append(INFO_FILE)
+        info_file = save_info(info, info_path(path))
+        if info_file.name not in self.files:
+            self.files.append(info_file.name)
 
     def result(self) -> RunResult:
         last = self.metrics[-1] if self.metrics else {}

@@ -69,6 +69,20 @@ class Source:
     session: Optional[requests.Session] = None
     stable_url: Optional[str] = None
 
+    def disagreement(self, *, size: Optional[int], sha256: Optional[str],
+                     md5: Optional[str]) -> Optional[tuple[str, Any, Any]]:
+        """The first of size, sha256, md5 that the provider publishes and that differs from what is
+        known (None: unknown, not compared): ``(field, published, known)``, or None when all agree.
+
+        >>> Source("x", size=3, md5="AB").disagreement(size=3, sha256="cd" * 32, md5="ef")
+        ('md5', 'ab', 'ef')
+        """
+        published = {"size": self.size, "sha256": self.sha256 and self.sha256.lower(), "md5": self.md5 and self.md5.lower()}
+        for name, known in (("size", size), ("sha256", sha256), ("md5", md5)):
+            if known is not None and published[name] is not None and published[name] != known:
+                return name, published[name], known
+        return None
+
 
 def get(session: requests.Session, url: str, *, what: str, **kwargs: Any) -> requests.Response:
     """A provider API GET (redirects checked by :func:`web.get`); a network failure becomes :class:`MirrorFailed`."""
