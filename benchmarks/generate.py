@@ -27,9 +27,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from model import GPT2Config, GPT2Model  # noqa: E402
-from phasegpt_ckpt.device import inference_autocast  # noqa: E402
-from phasegpt_ckpt.device import pick_device  # noqa: E402
-from phasegpt_ckpt.generate import generate  # noqa: E402
+from phasegpt_ckpt.models.device import inference_autocast  # noqa: E402
+from phasegpt_ckpt.models.device import pick_device  # noqa: E402
+from phasegpt_ckpt.models.generate import generate  # noqa: E402
 
 PROMPT = "To be or not to be"
 VOCAB = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # tiny Shakespeare's 65

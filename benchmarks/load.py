@@ -15,7 +15,7 @@ parent imports no torch, since a forked child's RSS starts as its parent's).
   initialisers and given the mapped tensors, the optimizer state never read;
 - "+ forward": the same, then one forward over 64 tokens, which reads every weight (a mapped page
   counts in RSS once touched), so the figure after loading is the honest one for evaluation;
-- imports: python, torch and phasegpt_ckpt.checkpoint only, the floor every row stands on.
+- imports: python, torch and phasegpt_ckpt.models.checkpoint only, the floor every row stands on.
 
 Children run with one OpenMP thread (OMP_NUM_THREADS=1): on a shared machine, waits between threads
 turn contention into noise.
@@ -40,14 +40,14 @@ RUNS = 3
 MB = 10**6
 
 CHILD = {  # what each child process does after `import torch`, with PATH and CORPUS bound
-    "imports": "import phasegpt_ckpt.checkpoint",
+    "imports": "import phasegpt_ckpt.models.checkpoint",
     "plain": "from model import GPT2Model\n"
              "checkpoint = torch.load(PATH, map_location='cpu')\n"
              "model = GPT2Model(**checkpoint['config']['model'])\n"
              "model.load_state_dict(checkpoint['model_state_dict'])\n"
              "model.eval()",
     "ours": "from phasegpt_ckpt import console\n"
-            "from phasegpt_ckpt.checkpoint import load_checkpoint\n"
+            "from phasegpt_ckpt.models.checkpoint import load_checkpoint\n"
             "console.quiet = True  # its notes (no vocabulary in the file, coupling mode assumed) are known\n"
             "model = load_checkpoint(PATH, data=CORPUS).model",
 }

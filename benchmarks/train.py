@@ -26,9 +26,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from _corpus import corpus as corpus_path  # noqa: E402
-from phasegpt_ckpt.distributed import Placement, placement  # noqa: E402
-from phasegpt_ckpt.run_config import load_config  # noqa: E402
-from phasegpt_ckpt.train import build_trainer  # noqa: E402
+from phasegpt_ckpt.training.distributed import Placement, placement  # noqa: E402
+from phasegpt_ckpt.training.run_config import load_config  # noqa: E402
+from phasegpt_ckpt.training.train import build_trainer  # noqa: E402
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device-name fragment, most specific first.
 PEAK_BF16 = [("H100 PCIe", 756e12), ("H100", 989e12), ("H200", 989e12), ("A100", 312e12), ("L40S", 362e12),

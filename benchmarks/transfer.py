@@ -95,13 +95,13 @@ def write_manifest(path: Path, url: str, size: int, sha256: str) -> None:
 
 
 TRANSFER = (
-    "import sys; from pathlib import Path; from phasegpt_ckpt.mirrors.base import Source; "
-    "from phasegpt_ckpt.transfer import transfer; "
+    "import sys; from pathlib import Path; from phasegpt_ckpt.source.mirrors.base import Source; "
+    "from phasegpt_ckpt.source.transfer import transfer; "
     "transfer(Source(label='bench', url=sys.argv[1]), Path(sys.argv[2]), "
     "expected_size=int(sys.argv[3]), expected_sha256=sys.argv[4])"
 )
 FILE_DIGEST = "import hashlib, sys; print(hashlib.file_digest(open(sys.argv[1], 'rb'), 'sha256').hexdigest())"
-HASH_FILE = "import sys; from phasegpt_ckpt.digest import hash_file; print(hash_file(sys.argv[1]))"
+HASH_FILE = "import sys; from phasegpt_ckpt.proof.digest import hash_file; print(hash_file(sys.argv[1]))"
 
 
 def main() -> None:
@@ -140,9 +140,9 @@ def main() -> None:
                 "hash_file (verify)": [PYTHON, "-c", HASH_FILE, str(source)],
                 "phasegpt-ckpt verify": verify,
                 "sha256sum": ["sha256sum", str(source)],
-                "start-up: import transfer": [PYTHON, "-c", "import phasegpt_ckpt.transfer"],
-                "start-up: + mirrors": [PYTHON, "-c", "import phasegpt_ckpt.mirrors.base, phasegpt_ckpt.transfer"],
-                "start-up: + cli, fetch": [PYTHON, "-c", "import phasegpt_ckpt.cli, phasegpt_ckpt.fetch"],
+                "start-up: import transfer": [PYTHON, "-c", "import phasegpt_ckpt.source.transfer"],
+                "start-up: + mirrors": [PYTHON, "-c", "import phasegpt_ckpt.source.mirrors.base, phasegpt_ckpt.source.transfer"],
+                "start-up: + cli, fetch": [PYTHON, "-c", "import phasegpt_ckpt.cli, phasegpt_ckpt.store.fetch"],
             }, args.repeat, env, clear)
             clear()
         finally:

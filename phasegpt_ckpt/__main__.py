@@ -1,3 +1,3 @@
-from .cli import main
+from phasegpt_ckpt.cli import main
 
 main()

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import Iterator, Optional
 
-from .errors import BadInput
+from phasegpt_ckpt.errors import BadInput
 
 
 @contextlib.contextmanager

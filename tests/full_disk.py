@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from phasegpt_ckpt import transfer as transfer_module
+from phasegpt_ckpt.source import transfer as transfer_module
 
 
 class FullDisk:

@@ -8,8 +8,8 @@ import torch
 from reference_phase import pairwise_phase_forward
 from tiny_checkpoints import save_published, tiny_model
 
-from phasegpt_ckpt.analyze import analyze_checkpoint
-from phasegpt_ckpt.data import CharDataset
+from phasegpt_ckpt.models.analyze import analyze_checkpoint
+from phasegpt_ckpt.models.data import CharDataset
 from phasegpt_ckpt.errors import BadInput
 
 

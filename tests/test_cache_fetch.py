@@ -18,13 +18,13 @@ import yaml
 from conftest import CORPUS_SHA256
 from emulators.fileserver import Faults, FileServer
 
-from phasegpt_ckpt.cache import TOFU, Cache
+from phasegpt_ckpt.store.cache import TOFU, Cache
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, VerificationFailed
-from phasegpt_ckpt.fetch import fetch, import_file, locate
-from phasegpt_ckpt.manifest import load_manifest
-from phasegpt_ckpt.mirrors import resolve
-from phasegpt_ckpt.transfer import RetryPolicy, transfer
-from phasegpt_ckpt.verify import verify, verify_cached
+from phasegpt_ckpt.store.fetch import fetch, import_file, locate
+from phasegpt_ckpt.source.manifest import load_manifest
+from phasegpt_ckpt.source.mirrors import resolve
+from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
+from phasegpt_ckpt.proof.verify import verify, verify_cached
 
 PATH = "/files/input.txt"
 

@@ -10,11 +10,11 @@ import yaml
 from tiny_checkpoints import manifest_for, save_ours, save_published, tiny_model, training_dict
 
 from model import GPT2Config
-from phasegpt_ckpt.checkpoint import convert, describe, export_config, load_checkpoint
-from phasegpt_ckpt.data import CharDataset
+from phasegpt_ckpt.models.checkpoint import convert, describe, export_config, load_checkpoint
+from phasegpt_ckpt.models.data import CharDataset
 from phasegpt_ckpt.errors import BadInput, VerificationFailed
-from phasegpt_ckpt.fetch import import_file
-from phasegpt_ckpt.manifest import load_manifest
+from phasegpt_ckpt.store.fetch import import_file
+from phasegpt_ckpt.source.manifest import load_manifest
 
 
 def same_logits(a, b) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from phasegpt_ckpt.data import CharDataset, RandomWindows, Windows, get_dataloaders
+from phasegpt_ckpt.models.data import CharDataset, RandomWindows, Windows, get_dataloaders
 from phasegpt_ckpt.errors import BadInput
 
 SORTED_CHARS = "\n !$&',-.3:;?ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from phasegpt_ckpt.device import inference_autocast, pick_device
+from phasegpt_ckpt.models.device import inference_autocast, pick_device
 from phasegpt_ckpt.errors import BadInput
 
 

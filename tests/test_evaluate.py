@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from tiny_checkpoints import manifest_for, save_ours, save_published, tiny_model
 
-from phasegpt_ckpt.checkpoint import load_checkpoint
-from phasegpt_ckpt.data import CharDataset, get_dataloaders
+from phasegpt_ckpt.models.checkpoint import load_checkpoint
+from phasegpt_ckpt.models.data import CharDataset, get_dataloaders
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.evaluate import audit_causality, evaluate, evaluate_checkpoint, measure
+from phasegpt_ckpt.models.evaluate import audit_causality, evaluate, evaluate_checkpoint, measure
 
 T = 64  # the tiny models' max_seq_len: the validation block size
 

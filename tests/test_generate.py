@@ -5,9 +5,9 @@ import pytest
 import torch
 from tiny_checkpoints import save_ours, tiny_model
 
-from phasegpt_ckpt.data import CharDataset
+from phasegpt_ckpt.models.data import CharDataset
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.generate import generate, sample_next, stream
+from phasegpt_ckpt.models.generate import generate, sample_next, stream
 
 PROMPT = "ROMEO:\nWhat light"
 

@@ -25,7 +25,7 @@ from tiny_checkpoints import tiny_model, training_dict
 
 from phasegpt_ckpt import cli
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.metadata import CheckpointInfo, load_metadata
+from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
 
 HYPOTHESIS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

@@ -9,9 +9,9 @@ import pytest
 import yaml
 
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.manifest import load_manifest
-from phasegpt_ckpt.metadata import CheckpointInfo, load_metadata
-from phasegpt_ckpt.mirrors.local import LocalMirror
+from phasegpt_ckpt.source.manifest import load_manifest
+from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
+from phasegpt_ckpt.source.mirrors.local import LocalMirror
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SEED_README = SHARED / "seed" / "checkpoints-README.md"

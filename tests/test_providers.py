@@ -23,13 +23,13 @@ from emulators.fileserver import Faults, FileServer
 from emulators.gdrive import gdown_routed_to
 from emulators.zenodo import ZenodoEmulator
 
-from phasegpt_ckpt.cache import Cache
+from phasegpt_ckpt.store.cache import Cache
 from phasegpt_ckpt.errors import MirrorFailed, MirrorsExhausted
-from phasegpt_ckpt.fetch import fetch
-from phasegpt_ckpt.manifest import Manifest
-from phasegpt_ckpt.mirrors import gdrive, hf, osf, zenodo
-from phasegpt_ckpt.web import reroute
-from phasegpt_ckpt.transfer import RetryPolicy
+from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt.source.manifest import Manifest
+from phasegpt_ckpt.source.mirrors import gdrive, hf, osf, zenodo
+from phasegpt_ckpt.source.web import reroute
+from phasegpt_ckpt.source.transfer import RetryPolicy
 
 DRIVE_ID = "1PhaseGptBestModelCheckpoint0123456"
 DROP_AT = 300_000  # bytes sent before a dropped connection

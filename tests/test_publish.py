@@ -7,14 +7,14 @@ import json
 import pytest
 from tiny_checkpoints import save_ours, tiny_model
 
-from phasegpt_ckpt.cache import Cache
+from phasegpt_ckpt.store.cache import Cache
 from phasegpt_ckpt.errors import VerificationFailed
-from phasegpt_ckpt.fetch import fetch
-from phasegpt_ckpt.manifest import load_manifest
-from phasegpt_ckpt.metadata import load_metadata
-from phasegpt_ckpt.mirrors.osf import OsfMirror
-from phasegpt_ckpt.mirrors.zenodo import ZenodoMirror
-from phasegpt_ckpt.publish import publish
+from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt.source.manifest import load_manifest
+from phasegpt_ckpt.proof.metadata import load_metadata
+from phasegpt_ckpt.source.mirrors.osf import OsfMirror
+from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
+from phasegpt_ckpt.store.publish import publish
 
 from conftest import CORPUS_SHA256
 

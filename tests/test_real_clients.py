@@ -24,9 +24,9 @@ from emulators.fileserver import Faults
 from emulators.gdrive import gdown_routed_to
 from gdown.exceptions import DownloadError, FileURLRetrievalError
 
-from phasegpt_ckpt.cache import Cache
-from phasegpt_ckpt.fetch import fetch
-from phasegpt_ckpt.manifest import Manifest
+from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt.source.manifest import Manifest
 
 pytestmark = pytest.mark.clients
 

@@ -51,14 +51,14 @@ from emulators.osf import OsfEmulator
 from emulators.zenodo import ZenodoEmulator
 
 from phasegpt_ckpt import cli
-from phasegpt_ckpt import fetch as fetch_module
-from phasegpt_ckpt.cache import Cache
+from phasegpt_ckpt.store import fetch as fetch_module
+from phasegpt_ckpt.store.cache import Cache
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, PhasegptError
-from phasegpt_ckpt.fetch import fetch
-from phasegpt_ckpt.manifest import Manifest, load_manifest
-from phasegpt_ckpt.mirrors import resolve as real_resolve
-from phasegpt_ckpt.checkpoint import save_checkpoint
-from phasegpt_ckpt.transfer import RetryPolicy
+from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt.source.manifest import Manifest, load_manifest
+from phasegpt_ckpt.source.mirrors import resolve as real_resolve
+from phasegpt_ckpt.models.checkpoint import save_checkpoint
+from phasegpt_ckpt.source.transfer import RetryPolicy
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, connect_timeout=2, read_timeout=0.5)
 ONCE = RetryPolicy(attempts=1, connect_timeout=2, read_timeout=0.5)

@@ -21,11 +21,11 @@ from emulators.fileserver import Faults, FileServer
 from emulators.osf import OsfEmulator
 from emulators.zenodo import ZenodoEmulator
 
-from phasegpt_ckpt.cache import Cache
+from phasegpt_ckpt.store.cache import Cache
 from phasegpt_ckpt.errors import MirrorsExhausted
-from phasegpt_ckpt.fetch import fetch
-from phasegpt_ckpt.manifest import load_manifest
-from phasegpt_ckpt.transfer import RetryPolicy
+from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt.source.manifest import load_manifest
+from phasegpt_ckpt.source.transfer import RetryPolicy
 
 HF_TOKEN = "hf_SecretTokenThatMustNeverShow0123"
 ZENODO_TOKEN = "zenodoSecretTokenThatMustNeverShow"

@@ -17,19 +17,19 @@ import torch
 import yaml
 from full_disk import FullDisk
 
-import manifests
+from phasegpt_ckpt import manifests
 from model import GPT2Config, GPT2Model
-from phasegpt_ckpt.checkpoint import describe, load_checkpoint, save_checkpoint
-from phasegpt_ckpt.data import get_dataloaders
+from phasegpt_ckpt.models.checkpoint import describe, load_checkpoint, save_checkpoint
+from phasegpt_ckpt.models.data import get_dataloaders
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.evaluate import measure
-from phasegpt_ckpt.manifest import load_manifest
-from phasegpt_ckpt.metadata import load_metadata
-from phasegpt_ckpt.progress import plot_metrics
-from phasegpt_ckpt.publish import publish
-from phasegpt_ckpt.run_config import RunConfig, load_config, shipped_configs
-from phasegpt_ckpt.schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_note
-from phasegpt_ckpt.train import Trainer, resume, train
+from phasegpt_ckpt.models.evaluate import measure
+from phasegpt_ckpt.source.manifest import load_manifest
+from phasegpt_ckpt.proof.metadata import load_metadata
+from phasegpt_ckpt.training.progress import plot_metrics
+from phasegpt_ckpt.store.publish import publish
+from phasegpt_ckpt.training.run_config import RunConfig, load_config, shipped_configs
+from phasegpt_ckpt.training.schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_note
+from phasegpt_ckpt.training.train import Trainer, resume, train
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS_PER_EPOCH = 4
@@ -270,7 +270,7 @@ def test_resuming_a_published_layout_checkpoint_says_what_it_could_not_restore(r
 
 
 def test_the_seeds_resume_snippet_runs(run_a, corpus_path, tmp_path, capsys):
-    # checkpoints-README.md "Resume Training", imports mapped (src.train -> phasegpt_ckpt.train, ...)
+    # checkpoints-README.md "Resume Training", imports mapped (src.train -> phasegpt_ckpt.training.train, ...)
     checkpoint = torch.load(run_a / "epoch_2.pt")
     model = GPT2Model(**checkpoint["config"]["model"])
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)

@@ -19,10 +19,10 @@ import pytest
 from conftest import CORPUS_SHA256, REPO
 from emulators.fileserver import Faults, FileServer
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, PhasegptError
-from phasegpt_ckpt.mirrors.base import Source
-from phasegpt_ckpt.digest import hash_file
-from phasegpt_ckpt.transfer import RetryPolicy, transfer
-from phasegpt_ckpt.web import check_url_allowed
+from phasegpt_ckpt.source.mirrors.base import Source
+from phasegpt_ckpt.proof.digest import hash_file
+from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
+from phasegpt_ckpt.source.web import check_url_allowed
 
 FAST = RetryPolicy(attempts=4, backoff=0.01, max_backoff=0.05, connect_timeout=2, read_timeout=0.5)
 ONCE = RetryPolicy(attempts=1, connect_timeout=2, read_timeout=0.5)
@@ -322,8 +322,8 @@ def test_hash_file_matches_hashlib(corpus_path, corpus):
 TRANSFER_SCRIPT = """
 import sys
 from pathlib import Path
-from phasegpt_ckpt.mirrors.base import Source
-from phasegpt_ckpt.transfer import transfer
+from phasegpt_ckpt.source.mirrors.base import Source
+from phasegpt_ckpt.source.transfer import transfer
 transfer(Source(label="big", url=sys.argv[1]), Path(sys.argv[2]), expected_size=int(sys.argv[3]),
          expected_sha256=sys.argv[4])
 """

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from model import GPT2Config, GPT2Model
-from phasegpt_ckpt.data import CharDataset
+from phasegpt_ckpt.models.data import CharDataset
 
 TINY = dict(vocab_size=65, d_model=32, n_layers=2, n_heads=2, max_seq_len=64, use_phase_attention=True,
             phase_layer_idx=[1], num_oscillators=4)

@@ -134,7 +134,7 @@ def gdown_routed_to(drive: DriveEmulator, monkeypatch) -> None:
 
     import gdown.download  # noqa: F401  (the module, for sys.modules)
 
-    from phasegpt_ckpt.mirrors.gdrive import route_google_hosts
+    from phasegpt_ckpt.source.mirrors.gdrive import route_google_hosts
 
     module = sys.modules["gdown.download"]  # gdown.download is also the name of the function
     real_get_session = module._get_session

@@ -1,0 +1,98 @@
+"""Synchronisation of the phase layers: the order parameter R per layer and head on validation text.
+
+R = |mean over positions and oscillators of e^{iθ}| of a head's final phases: 1 when they all agree,
+near 0 when they spread. Each head's learned coupling K is shown beside it, since its sign decides
+whether the published layer pulls phases together (K < 0) or pushes them apart (K > 0).
+
+R is measured on ``windows`` consecutive stretches of ``num_tokens`` validation characters, each run
+on its own. The means and standard deviations run over those windows, so the std says how much a
+head's synchronisation varies with the text it reads (one window would make it 0 by construction).
+
+>>> from phasegpt_ckpt.models.analyze import analyze_checkpoint                                     # doctest: +SKIP
+>>> R_stats = analyze_checkpoint(checkpoint_path="best_model.pt", num_tokens=512, device="cuda")  # doctest: +SKIP
+>>> print(f"Mean R: {R_stats['R_mean']:.4f}")                                                # doctest: +SKIP
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from model import GPT2Config, GPT2Model
+
+from phasegpt_ckpt import console
+from phasegpt_ckpt.models.checkpoint import corpus_path, load_checkpoint
+from phasegpt_ckpt.models.data import CharDataset
+from phasegpt_ckpt.models.device import inference_autocast, pick_device
+from phasegpt_ckpt.errors import BadInput
+
+DEFAULT_WINDOWS = 16
+
+
+def analyze(model: GPT2Model, windows: torch.Tensor, device: str | torch.device = "cpu") -> dict:
+    """R statistics of every phase layer over the token windows [W, T] (T ≤ ``max_seq_len``).
+
+    Per head: mean and population std over windows of its R. Per layer: the same for the layer's R
+    (the mean over its heads); for the model (``R_mean``, ``R_std``): for the mean over its layers.
+    """
+    device = pick_device(device)
+    was_training = model.training
+    model.to(device).eval()
+    with torch.no_grad(), inference_autocast(device):
+        _, _, Rs = model(windows.to(device), return_R=True)  # per layer: R [W, H]
+    model.train(was_training)
+    per_layer = [R.float().cpu() for R in Rs]
+    layers = []
+    for index, R in zip(model.config.phase_layers, per_layer):
+        K = model.blocks[index].attention.coupling_matrix.detach().float().flatten().cpu()
+        heads = [{"head": h, **_stats(R[:, h]), "K": K[h].item()} for h in range(R.shape[1])]
+        layers.append({"layer": index, **_stats(R.mean(dim=1)), "heads": heads})
+    overall = _stats(torch.stack([R.mean(dim=1) for R in per_layer]).mean(dim=0)) if per_layer else {
+        "R_mean": None, "R_std": None}
+    return {"num_tokens": windows.shape[1], "windows": windows.shape[0], "coupling_mode": model.config.coupling_mode,
+            **overall, "layers": layers}
+
+
+def _stats(values: torch.Tensor) -> dict[str, float]:
+    """Mean and population std of one R per window."""
+    return {"R_mean": values.mean().item(), "R_std": values.std(correction=0).item()}
+
+
+def analyze_checkpoint(
+    checkpoint_path: str | Path,
+    num_tokens: int = 512,
+    device: str | torch.device = "auto",
+    *,
+    windows: int = DEFAULT_WINDOWS,
+    data: str | Path | None = None,
+    config: GPT2Config | dict | str | Path | None = None,
+    expected_sha256: Optional[str] = None,
+    locate_options: Optional[dict] = None,
+) -> dict:
+    """R statistics of a checkpoint over ``windows`` stretches of ``num_tokens`` validation characters.
+
+    The seed's ``analyze_checkpoint``: the result has at least ``R_mean`` and ``R_std`` (None for a
+    model without phase layers), plus ``layers`` with each layer's and head's mean, std and K. The
+    windows are consecutive from the start of the validation split; one longer than the model's
+    ``max_seq_len`` is cut to it (said on stderr). ``config`` is for a bare state dict whose shapes
+    do not tell its model (as :func:`~phasegpt_ckpt.models.checkpoint.load_checkpoint`).
+    """
+    corpus = corpus_path(data, **(locate_options or {}))
+    ckpt = load_checkpoint(checkpoint_path, expected_sha256=expected_sha256, config=config, data=corpus, device=device)
+    _, val_ids = CharDataset(corpus, vocab=ckpt.vocab).split()
+    length = _window_length(num_tokens, ckpt.config.max_seq_len)
+    if windows < 1 or windows * length > len(val_ids):
+        raise BadInput(f"--windows must be between 1 and {len(val_ids) // length} ({len(val_ids)} validation "
+                       f"characters in windows of {length}), got {windows}")
+    stretches = val_ids[: windows * length].view(windows, length)
+    return {"path": str(checkpoint_path), **analyze(ckpt.model, stretches, device=ckpt.device)}
+
+
+def _window_length(num_tokens: int, max_seq_len: int) -> int:
+    if num_tokens < 1:
+        raise BadInput(f"--num-tokens must be at least 1, got {num_tokens}")
+    if num_tokens > max_seq_len:
+        console.log(f"note: windows of {max_seq_len} tokens, the model's max_seq_len, not {num_tokens}")
+        return max_seq_len
+    return num_tokens

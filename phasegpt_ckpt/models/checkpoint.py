@@ -1,0 +1,530 @@
+"""Load a checkpoint file safely into a ready model: weights-only unpickling, memory-mapped, nothing run.
+
+Every file is read with ``torch.load(path, weights_only=True, mmap=True, map_location="cpu")``: a
+pickle that would need arbitrary code is refused before any of it runs, and the memory map means
+only the tensors we touch are read — an optimizer state two thirds of the file never leaves the disk
+when the model is loaded for evaluation. The model is built without running its initialisers and
+takes the mapped tensors as its parameters (``assign=True``), so no weight is initialised or copied.
+
+Accepted files:
+
+- the published PhaseGPT training dict (PHASEGPT_FORMAT.md §4): ``model_state_dict`` plus the YAML
+  ``config``; original coupling mode implied, vocabulary from the corpus;
+- our own training dicts: the same plus ``vocab`` and the coupling mode (in ``config["model"]`` or a
+  top-level ``coupling_mode``);
+- a bare state dict: the config is read off the tensor shapes (``--config`` where it cannot be);
+- a safetensors file written by :func:`convert`, config and vocabulary in its metadata.
+
+Whatever the file did not say and was assumed or looked up (a bare state dict's config, the coupling
+mode of a published file, a vocabulary from the corpus) is said once on stderr by the loader itself,
+so every command that loads a file says it.
+
+>>> ckpt = load_checkpoint("best_model.pt", data="input.txt")      # doctest: +SKIP
+>>> ckpt.model, ckpt.config.phase_layers, ckpt.coupling_mode, len(ckpt.vocab)  # doctest: +SKIP
+(GPT2Model(...), [7], 'original', 65)
+"""
+from __future__ import annotations
+
+import json
+import pickle
+import re
+import zipfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import yaml
+from safetensors import safe_open
+from safetensors.torch import save_model
+
+from model import GPT2Config, GPT2Model
+
+from phasegpt_ckpt import console
+from phasegpt_ckpt.atomic import atomic_path, write_text
+from phasegpt_ckpt.models.data import CharDataset
+from phasegpt_ckpt.models.device import pick_device
+from phasegpt_ckpt.proof.digest import hash_file
+from phasegpt_ckpt.errors import BadInput, VerificationFailed
+from phasegpt_ckpt.training.schedule import schedule_note
+
+TRAINING_FIELDS = ("epoch", "global_step", "best_val_loss", "best_val_ppl")
+SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our converter writes
+BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
+TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A model ready to use (eval mode, on its device) and what its file said about it."""
+
+    model: GPT2Model
+    config: GPT2Config
+    vocab: str
+    path: Path
+    kind: str  # "phasegpt" (published layout), "phasegpt-ckpt" (ours), "state_dict", "safetensors"
+    full_config: dict  # every config section of the file (``{"model": ...}`` when it had none)
+    epoch: Optional[int] = None
+    global_step: Optional[int] = None
+    best_val_loss: Optional[float] = None
+    best_val_ppl: Optional[float] = None
+    training_state: Optional[dict] = None  # the raw dict without model weights, when asked for
+    inferred: list[str] = field(default_factory=list)  # what was not in the file and how we got it
+
+    @property
+    def coupling_mode(self) -> str:
+        return self.config.coupling_mode
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+@dataclass
+class _Contents:
+    """What a file holds, tensors still memory-mapped: the weights and everything beside them."""
+
+    kind: str
+    state: dict[str, torch.Tensor]
+    extras: dict[str, Any]  # top-level entries besides the weights (safetensors: decoded metadata)
+
+
+def load_checkpoint(
+    path: str | Path,
+    *,
+    expected_sha256: Optional[str] = None,
+    config: GPT2Config | dict | str | Path | None = None,
+    data: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    load_training_state: bool = False,
+    locate_options: Optional[dict] = None,
+) -> LoadedCheckpoint:
+    """Load ``path`` into a model in eval mode on ``device``.
+
+    ``expected_sha256`` is checked before a byte is unpickled. ``config`` (a ``GPT2Config``, a YAML
+    model section or whole config dict, or a YAML file) replaces the file's own; it is needed only
+    for a bare state dict whose shapes do not tell ``n_heads``. The vocabulary comes from the file,
+    else from the corpus ``data``, else from the ``tinyshakespeare`` artifact (``locate_options``,
+    i.e. ``manifest``, ``cache``, ``offline``, go to :func:`phasegpt_ckpt.store.fetch.locate`).
+    ``load_training_state`` keeps the rest of a training dict (optimizer, scheduler, RNG) in
+    ``training_state`` for resuming; its tensors stay memory-mapped until used.
+
+    >>> ckpt = load_checkpoint("runs/tiny/best_model.pt", device="cpu")     # doctest: +SKIP
+    >>> logits, _ = ckpt.model(torch.zeros(1, 8, dtype=torch.long))          # doctest: +SKIP
+    """
+    path = Path(path)
+    if expected_sha256 is not None:
+        check_sha256(path, expected_sha256)
+    contents = _read(path)
+    model_config, full_config, inferred = _resolve_config(contents, config)
+    model = build_model(model_config, contents.state, name=path.name)
+    vocab = contents.extras.get("vocab")
+    if vocab is None:
+        vocab, source = _corpus_vocabulary(data, locate_options)
+        inferred.append(f"vocabulary from {source}")
+    _say(inferred, path)
+    vocab = "".join(vocab)
+    if len(vocab) != model_config.vocab_size:
+        raise BadInput(f"the vocabulary has {len(vocab)} characters but the model's vocab_size is "
+                       f"{model_config.vocab_size}; pass --data with the corpus the model was trained on")
+    model = model.to(pick_device(device)).eval()
+    extras = contents.extras
+    return LoadedCheckpoint(
+        model=model, config=model_config, vocab=vocab, path=path, kind=contents.kind,
+        full_config=full_config, inferred=inferred,
+        training_state=extras if load_training_state else None,
+        **{name: extras.get(name) for name in TRAINING_FIELDS},
+    )
+
+
+def check_sha256(path: Path, expected: str) -> None:
+    """Refuse ``path`` unless its sha256 is ``expected`` — before anything reads it as a checkpoint."""
+    _, actual = hash_file(path)
+    if actual != expected.lower():
+        raise VerificationFailed(f"{path} has sha256 {actual}, expected {expected.lower()}; not loading it")
+
+
+def build_model(config: GPT2Config, state: dict[str, torch.Tensor], *, name: str = "the file") -> GPT2Model:
+    """A model of ``config`` whose parameters ARE the tensors of ``state`` (no init, no copy).
+
+    Tied parameters (the LM head and the token embedding) are tied again afterwards: ``assign``
+    would otherwise give each name its own Parameter, which training would then update apart.
+    """
+    with _InitialisersSkipped():
+        model = GPT2Model(config=config)
+    ties = _tied_names(model)
+    state = dict(state)
+    for names in ties:  # safetensors files keep one name of a tied group
+        present = next((n for n in names if n in state), None)
+        for n in names:
+            if present is not None and n not in state:
+                state[n] = state[present]
+    _check_fit(model, state, config, name)
+    for names in ties:
+        first = state[names[0]]
+        if any(not torch.equal(first, state[n]) for n in names[1:]):
+            raise BadInput(f"{name}: {' and '.join(names)} differ, but the model ties them (same tensor)")
+    model.load_state_dict(state, strict=True, assign=True)
+    for names in ties:
+        shared = model.get_parameter(names[0])
+        for n in names[1:]:
+            owner, _, leaf = n.rpartition(".")
+            setattr(model.get_submodule(owner), leaf, shared)
+    return model
+
+
+class _InitialisersSkipped(torch.overrides.TorchFunctionMode):
+    """Build modules without running their in-place initialisers (``normal_``, ``uniform_``, ``zero_``...).
+
+    Every parameter and buffer is then replaced by the file's tensor (``strict=True``), so the
+    initial values are never used: skipping them saves seconds of random numbers for 85M parameters,
+    and the untouched ``torch.empty`` storages never become resident memory. (The ``meta`` device
+    would do the same, but its first ``normal_`` or ``tril`` imports torch._dynamo: seconds more.)
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if name.endswith("_") and not name.startswith("_"):  # in place, by PyTorch's naming rule
+            return args[0] if args else kwargs["tensor"]  # nn.init functions pass the tensor by keyword
+        return func(*args, **kwargs)
+
+
+def _tied_names(model: torch.nn.Module) -> list[list[str]]:
+    """Groups of parameter names that are one tensor, e.g. [['token_embedding.weight', 'lm_head.weight']]."""
+    groups: dict[int, list[str]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        groups.setdefault(id(p), []).append(n)
+    return [names for names in groups.values() if len(names) > 1]
+
+
+def _read(path: Path) -> _Contents:
+    """The weights and the rest of ``path``, by weights-only unpickling or safetensors; nothing executed."""
+    if not path.is_file():
+        raise BadInput(f"checkpoint {path} does not exist")
+    if _looks_like_safetensors(path):
+        return _read_safetensors(path)
+    if not zipfile.is_zipfile(path):
+        raise BadInput(f"{path} is neither a PyTorch checkpoint (zip format, torch >= 1.6) nor a safetensors file")
+    try:
+        obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
+    except pickle.UnpicklingError as err:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise VerificationFailed(
+                f"refused: {path} needs arbitrary pickle code to load ({', '.join(unsafe[:3])}) and the code was "
+                "not run; only a file of plain tensors and containers is loaded") from None
+        raise BadInput(f"{path} is not a readable checkpoint: {_first_line(err)}") from None
+    except Exception as err:  # a damaged archive surfaces as RuntimeError, EOFError, ... from torch's reader
+        raise BadInput(f"{path} is not a readable checkpoint: {_first_line(err)}") from None
+    return _contents_of(obj, path)
+
+
+def _contents_of(obj: Any, path: Path) -> _Contents:
+    if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
+        extras = {k: v for k, v in obj.items() if k != "model_state_dict"}
+        ours = "vocab" in extras or "coupling_mode" in extras
+        return _Contents("phasegpt-ckpt" if ours else "phasegpt", obj["model_state_dict"], extras)
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return _Contents("state_dict", obj, {})
+    keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
+    raise BadInput(f"{path} holds neither a model_state_dict nor model weights (found: {keys})")
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """The code a pickle would import to load (read from its opcodes, never executed)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # unreadable opcodes: the caller reports the load error instead
+        return []
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _looks_like_safetensors(path: Path) -> bool:
+    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+    with open(path, "rb") as handle:
+        head = handle.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+
+
+def _read_safetensors(path: Path) -> _Contents:
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            metadata = f.metadata() or {}
+            state = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as err:  # safetensors raises its own SafetensorError for any malformed header
+        raise BadInput(f"{path} is not a readable safetensors file: {_first_line(err)}") from None
+    if metadata.get("format") != SAFETENSORS_FORMAT:
+        return _Contents("state_dict", state, {})
+    extras = {key: json.loads(metadata[key]) for key in ("config", "vocab", "training") if key in metadata}
+    extras.update(extras.pop("training", {}))
+    return _Contents("safetensors", state, extras)
+
+
+def _resolve_config(contents: _Contents, given) -> tuple[GPT2Config, dict, list[str]]:
+    """(model config, every config section, notes on what was inferred) for the file's weights.
+
+    The model section is the file's, or for a bare state dict what its shapes tell; ``given`` (the
+    caller's config) is laid over it, key by key, so it needs to say only what is missing or wrong.
+    """
+    given = _config_dict(given) if given is not None else None
+    carried = contents.extras.get("config")
+    if not (isinstance(carried, dict) and isinstance(carried.get("model"), dict)):
+        config, inferred = infer_config(contents.state, given and given["model"])
+        return config, {**(given or {}), "model": config.to_dict()}, inferred
+    full, inferred = carried, []
+    if given is not None:
+        full = {**carried, **given, "model": {**carried["model"], **given["model"]}}
+        inferred.append(f"model settings {', '.join(given['model'])} given by the caller, over the file's")
+    section = dict(full["model"])
+    if "coupling_mode" not in section:
+        section["coupling_mode"] = contents.extras.get("coupling_mode", "original")
+        if "coupling_mode" not in contents.extras:
+            inferred.append("coupling mode 'original' (the published layer; the file records none)")
+    try:
+        return GPT2Config.from_dict(section), full, inferred
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"the checkpoint's model config is unusable: {err}") from None
+
+
+def _config_dict(given) -> dict:
+    """A config the caller passed (object, dict or YAML path) as a dict of sections with a ``model`` one."""
+    if isinstance(given, GPT2Config):
+        return {"model": given.to_dict()}
+    if not isinstance(given, dict):
+        path = Path(given)
+        try:
+            given = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+            raise BadInput(f"cannot read config {path}: {_first_line(err)}") from None
+        if not isinstance(given, dict):
+            raise BadInput(f"config {path} must be a YAML mapping (a `model:` section or its keys)")
+    return given if isinstance(given.get("model"), dict) else {"model": given}
+
+
+def infer_config(state: dict[str, torch.Tensor], given: Optional[dict] = None) -> tuple[GPT2Config, list[str]]:
+    """Read a model config off a bare state dict's tensor shapes, ``given`` settings laid over; say what was read.
+
+    ``n_heads`` shows only in a phase layer's ``natural_freq`` [n_heads, num_oscillators]; a model
+    without phase layers needs it from ``--config``.
+    """
+    try:
+        vocab_size, d_model = state["token_embedding.weight"].shape
+        max_seq_len = state["position_embedding.weight"].shape[0]
+        n_layers = 1 + max(int(m.group(1)) for k in state if (m := BLOCK_KEY.match(k)))
+        d_ff = state["blocks.0.ffn.0.weight"].shape[0]
+    except (KeyError, ValueError):
+        raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding "
+                       "or blocks.0.ffn are missing") from None
+    phase_layers = [i for i in range(n_layers) if f"blocks.{i}.attention.natural_freq" in state]
+    settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
+                    use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
+    if phase_layers:
+        n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
+        settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+    given = dict(given or {})
+    if "n_heads" not in settings and "n_heads" not in given:
+        raise BadInput("a bare state dict without phase layers does not tell n_heads; pass --config FILE "
+                       "(a YAML with `model: {n_heads: N}` and anything else the shapes cannot tell)")
+    try:
+        config = GPT2Config.from_dict({**settings, "coupling_mode": "original", **given})
+    except (TypeError, ValueError) as err:
+        raise BadInput(f"the shapes of these weights and the config given make no valid model: {err}") from None
+    shown = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "use_phase_attention" and k not in given)
+    notes = [f"model config read off the tensor shapes: {shown}"]
+    if given:
+        notes.append(f"model settings {', '.join(given)} given by the caller")
+    if "phase_iterations" not in given and phase_layers:
+        notes.append(f"phase_iterations {config.phase_iterations} assumed (the published code's; shapes do not show it)")
+    if "coupling_mode" not in given and phase_layers:
+        notes.append("coupling mode 'original' assumed (a bare state dict records none; "
+                     "pass --config with coupling_mode: causal for a causal model)")
+    return config, notes
+
+
+def _check_fit(model: GPT2Model, state: dict[str, torch.Tensor], config: GPT2Config, name: str) -> None:
+    """One line naming missing/unexpected keys and wrong shapes, and the config setting likely at fault."""
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k]]
+    if not (missing or unexpected or wrong):
+        return
+    parts = [f"{label} {_some(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+    parts += [f"{k} is {list(state[k].shape)} in the file but {list(expected[k])} in the model" for k in wrong[:3]]
+    causes = _likely_causes(missing + unexpected, wrong, state, config)
+    raise BadInput(f"the weights in {name} do not fit the model config: {'; '.join(parts)}"
+                   + (f"; likely cause: {', or '.join(causes)}" if causes else ""))
+
+
+def _some(keys: list[str], shown: int = 3) -> str:
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
+def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: GPT2Config) -> list[str]:
+    causes = []
+    file_layers = sorted({int(BLOCK_KEY.match(k).group(1)) for k in state if BLOCK_KEY.match(k)})
+    if misplaced and len(file_layers) != config.n_layers:
+        causes.append(f"n_layers (the file has {len(file_layers)} blocks, the config {config.n_layers})")
+    elif any(".attention." in k for k in misplaced):
+        file_phase = [i for i in file_layers if f"blocks.{i}.attention.natural_freq" in state]
+        causes.append(f"phase_layer_idx (the file's phase layers are {file_phase}, the config's {config.phase_layers})")
+    if any(k.endswith(("natural_freq", "to_phase.weight", "from_phase.weight")) for k in wrong):
+        freq = next(state[k].shape for k in state if k.endswith("natural_freq"))
+        causes.append(f"num_oscillators or n_heads (the file's natural_freq is {list(freq)}, "
+                      f"the config's [{config.n_heads}, {config.num_oscillators}])")
+    if "token_embedding.weight" in wrong:
+        causes.append(f"vocab (the file has {state['token_embedding.weight'].shape[0]} characters, "
+                      f"the config vocab_size {config.vocab_size})")
+    if "position_embedding.weight" in wrong:
+        causes.append(f"max_seq_len (the file has {state['position_embedding.weight'].shape[0]} positions)")
+    if any(".ffn." in k for k in wrong) and "ln_f.weight" not in wrong:
+        causes.append("d_ff")
+    if "ln_f.weight" in wrong:
+        causes.append(f"d_model (the file's is {state['ln_f.weight'].shape[0]})")
+    return causes
+
+
+def _corpus_vocabulary(data, locate_options) -> tuple[str, str]:
+    path = corpus_path(data, **(locate_options or {}))
+    source = f"the corpus {path}" if data is not None else "the tinyshakespeare artifact"
+    return CharDataset(path).chars, source
+
+
+def _say(inferred: list[str], path: Path) -> None:
+    """What was not in the file, on stderr: a number measured on an assumed config must say so."""
+    for note in inferred:
+        console.log(f"note: {path.name}: {note}")
+
+
+def corpus_path(data: str | Path | None = None, **locate_options) -> Path:
+    """The corpus: ``data`` when given, else the verified ``tinyshakespeare`` artifact (fetched if needed)."""
+    if data is not None:
+        return Path(data)
+    from phasegpt_ckpt.store.fetch import locate  # the download stack loads only when the corpus must come from it
+
+    return Path(locate("tinyshakespeare", **locate_options).path)
+
+
+def describe(path: str | Path, *, expected_sha256: Optional[str] = None,
+             config: GPT2Config | dict | str | Path | None = None) -> dict:
+    """What ``info`` shows about a checkpoint, read without touching a single weight.
+
+    ``expected_sha256`` (a cached artifact's) is checked before a byte is unpickled, as
+    :func:`load_checkpoint` does. ``schedule`` says when a resumed run stretched its schedule.
+
+    >>> describe("best_model.pt")["phase_layers"]                           # doctest: +SKIP
+    [7]
+    """
+    path = Path(path)
+    if expected_sha256 is not None:
+        check_sha256(path, expected_sha256)
+    contents = _read(path)
+    extras = contents.extras
+    try:
+        model_config, _, inferred = _resolve_config(contents, config)
+        _say(inferred, path)
+    except BadInput as err:  # the contents are still worth showing; the config's problem is shown with them
+        model_config, inferred = None, [str(err)]
+    dtypes = Counter(str(tensor.dtype).removeprefix("torch.") for tensor in contents.state.values())
+    weight_bytes = _tensor_bytes(contents.state)
+    optimizer_bytes = _tensor_bytes(extras.get("optimizer_state_dict"))
+    return {
+        "path": str(path),
+        "format": contents.kind,
+        "file_bytes": path.stat().st_size,
+        **{name: extras.get(name) for name in TRAINING_FIELDS},
+        "parameters": _parameter_count(contents.state),
+        "phase_layers": sorted(int(BLOCK_KEY.match(k).group(1)) for k in contents.state
+                               if k.endswith(".attention.natural_freq")),
+        "coupling_mode": model_config.coupling_mode if model_config else None,
+        "config": model_config.to_dict() if model_config else None,
+        "dtypes": dict(dtypes),
+        "weight_bytes": weight_bytes,
+        "optimizer_bytes": optimizer_bytes,
+        "other_bytes": path.stat().st_size - weight_bytes - optimizer_bytes,
+        "vocab_in_file": "vocab" in extras,
+        "rng_state": "rng_state" in extras,
+        "schedule": schedule_note(extras.get("schedule")),
+        "inferred": inferred,
+    }
+
+
+def _parameter_count(state: dict[str, torch.Tensor]) -> int:
+    """Parameters of the model a state dict fills, from its shapes: buffers left out, tied ones once."""
+    return sum(tensor.numel() for key, tensor in state.items()
+               if not key.endswith(BUFFERS) and TIED.get(key) not in state)
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of the distinct tensor storages in a nested container (a tied tensor counts once)."""
+    seen: dict[int, int] = {}
+
+    def walk(item):
+        if isinstance(item, torch.Tensor):
+            storage = item.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        elif isinstance(item, dict):
+            for value in item.values():
+                walk(value)
+        elif isinstance(item, (list, tuple)):
+            for value in item:
+                walk(value)
+
+    walk(obj)
+    return sum(seen.values())
+
+
+def export_config(path: str | Path, out: str | Path | None = None, *, expected_sha256: Optional[str] = None,
+                  config: GPT2Config | dict | str | Path | None = None) -> str:
+    """The checkpoint's config as YAML (the seed's "Extract Configuration"); also written to ``out``.
+
+    Every section the file carries (``model``, ``training``, ``data``, ...) as it carries them; a
+    bare state dict gives the ``model`` section read off its shapes, or ``config``'s where the shapes
+    cannot tell it (as :func:`load_checkpoint` would load it). No weight is read.
+
+    >>> print(export_config("best_model.pt"))                               # doctest: +SKIP
+    model:
+      type: gpt2
+      n_layers: 12
+    ...
+    """
+    path = Path(path)
+    if expected_sha256 is not None:
+        check_sha256(path, expected_sha256)
+    _, full_config, _ = _resolve_config(_read(path), config)
+    text = yaml.safe_dump(full_config, sort_keys=False)
+    if out is not None:
+        write_text(text, out)
+    return text
+
+
+def convert(ckpt: LoadedCheckpoint, out: str | Path) -> Path:
+    """Write the weights as safetensors with config, vocabulary and coupling mode in its metadata.
+
+    :func:`load_checkpoint` reads the file back to the same model.
+
+    >>> convert(load_checkpoint("best_model.pt"), "best_model.safetensors")   # doctest: +SKIP
+    """
+    full_config = {**ckpt.full_config, "model": ckpt.config.to_dict()}  # the coupling mode made explicit
+    training = {name: getattr(ckpt, name) for name in TRAINING_FIELDS if getattr(ckpt, name) is not None}
+    metadata = {"format": SAFETENSORS_FORMAT, "config": json.dumps(full_config),
+                "vocab": json.dumps(ckpt.vocab), "training": json.dumps(training)}
+    out = Path(out)
+    with atomic_path(out) as temp:
+        save_model(ckpt.model, str(temp), metadata=metadata)
+    return out
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    """``torch.save`` through a temporary file beside ``path``: no truncated file, ever."""
+    path = Path(path)
+    with atomic_path(path) as temp:
+        torch.save(checkpoint, temp)
+    return path

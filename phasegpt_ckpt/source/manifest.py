@@ -1,0 +1,213 @@
+"""The manifest: which artifacts exist, what their bytes must be, and where to get them.
+
+A YAML file written by hand (``manifests/phasegpt.yaml`` ships with the tool)::
+
+    version: 1
+    default: best_model
+    artifacts:
+      tinyshakespeare:
+        kind: dataset
+        filename: input.txt
+        size: 1115394
+        sha256: 86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed
+        mirrors:
+          - {type: url, url: "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"}
+
+Every mistake in it is a :class:`~phasegpt_ckpt.errors.BadInput` with one line naming the field.
+
+>>> Manifest.model_validate({"version": 1, "artifacts": {}}).artifacts
+{}
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Optional
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from phasegpt_ckpt import manifests
+
+from phasegpt_ckpt.proof.digest import MD5_HEX, SHA256_HEX
+from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.source.mirrors import Mirror
+
+# Seed placeholders: "zenodo.XXXXXXX", "osf.io/XXXXX", "[hash]", "[Link to be added]".
+PLACEHOLDER = re.compile(r"X{4,}|^\s*\[.*\]\s*$|^\s*$")
+
+ArtifactName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")]  # also a cache directory name
+Size = Annotated[int, Field(strict=True, ge=0, lt=2**63)]  # a file offset is a signed 64-bit number
+
+
+def _hex_digest(pattern: re.Pattern, digits: int):
+    """A lower-cased hex digest of ``digits`` digits, for pydantic (None = not published)."""
+
+    def check(value: str) -> str:
+        if not pattern.fullmatch(value.lower()):
+            raise ValueError(f"must be {digits} hex digits (or null when not published), got {value!r}")
+        return value.lower()
+
+    return Annotated[str, AfterValidator(check)]
+
+
+Sha256 = _hex_digest(SHA256_HEX, 64)
+Md5 = _hex_digest(MD5_HEX, 32)
+
+
+def is_placeholder(value: object) -> bool:
+    """True for the stand-ins the seed uses where a real value is not published yet.
+
+    >>> is_placeholder("10.5281/zenodo.XXXXXXX"), is_placeholder("[hash]"), is_placeholder("best_model.pt")
+    (True, True, False)
+    """
+    return isinstance(value, str) and PLACEHOLDER.search(value) is not None
+
+
+class Claim(BaseModel):
+    """A number the authors claim for an artifact, and how far a re-measurement may stray."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    value: float
+    tolerance: float = Field(ge=0)
+
+
+class Artifact(BaseModel):
+    """One file: its kind, its name on disk, the bytes it must have and the mirrors that serve it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: ArtifactName  # the key in ``artifacts:``, filled in by Manifest
+    kind: Literal["checkpoint", "metadata", "dataset"]
+    filename: str
+    size: Optional[Size] = None
+    sha256: Optional[Sha256] = None
+    md5: Optional[Md5] = None  # where a provider publishes md5 only (Zenodo), checked before any byte moves
+    metadata: Optional[str] = None
+    claims: dict[str, Claim] = {}
+    mirrors: list[Mirror] = []
+
+    @field_validator("filename")
+    @classmethod
+    def _plain_filename(cls, filename: str) -> str:
+        if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+            raise ValueError(f"filename must be a plain file name without a path, got {filename!r}")
+        return filename
+
+    @field_validator("mirrors")
+    @classmethod
+    def _no_placeholder_ids(cls, mirrors: list) -> list:
+        for index, mirror in enumerate(mirrors):
+            fields = mirror.model_dump(mode="json", exclude={"type", "published"})
+            placeholder = next((v for v in fields.values() if mirror.published and is_placeholder(v)), None)
+            if placeholder is not None:
+                raise ValueError(
+                    f"mirror {index} ({mirror.type}) has the placeholder {placeholder!r}: "
+                    "give the real value or mark it `published: false`"
+                )
+        return mirrors
+
+
+class Manifest(BaseModel):
+    """The whole manifest; ``artifacts`` keeps the file's order."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: Literal[1]
+    default: Optional[str] = None
+    artifacts: dict[ArtifactName, Artifact] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _name_artifacts(cls, data):
+        """Each artifact learns its own name (its key), so it can travel alone."""
+        if isinstance(data, dict) and isinstance(data.get("artifacts"), dict):
+            named = {key: {**entry, "name": key} if isinstance(entry, dict) else entry
+                     for key, entry in data["artifacts"].items()}
+            data = {**data, "artifacts": named}
+        return data
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> "Manifest":
+        if self.default is not None and self.default not in self.artifacts:
+            raise ValueError(f"default: no artifact named {self.default!r}")
+        for artifact in self.artifacts.values():
+            target = self.artifacts.get(artifact.metadata) if artifact.metadata else None
+            if artifact.metadata and (target is None or target.kind != "metadata"):
+                raise ValueError(
+                    f"artifacts.{artifact.name}.metadata: {artifact.metadata!r} is not an artifact of kind metadata"
+                )
+        return self
+
+    def artifact(self, name: Optional[str] = None) -> Artifact:
+        """The artifact called ``name`` (the manifest's default when None).
+
+        >>> Manifest(version=1).artifact("nope")
+        Traceback (most recent call last):
+        ...
+        phasegpt_ckpt.errors.BadInput: unknown artifact 'nope' (the manifest has none)
+        """
+        name = name or self.default
+        if name is None:
+            raise BadInput("no artifact named and the manifest has no `default`")
+        if name not in self.artifacts:
+            known = ", ".join(self.artifacts) or "none"
+            raise BadInput(f"unknown artifact {name!r} (the manifest has {known})")
+        return self.artifacts[name]
+
+
+def load_manifest(path: str | Path | None = None) -> Manifest:
+    """Read and validate a manifest: ``path``, else ``$PHASEGPT_MANIFEST``, else the shipped one.
+
+    Relative ``local`` mirror paths are taken from the manifest file's directory.
+
+    >>> load_manifest().artifact("tinyshakespeare").size
+    1115394
+    """
+    path = Path(path or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
+    data = _read_yaml(path)
+    try:
+        return Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
+    except ValidationError as err:
+        raise BadInput(f"invalid manifest {path}: {first_error(err)}") from None
+
+
+def _read_yaml(path: Path) -> dict:
+    """The YAML mapping in ``path``, or a one-line BadInput saying what is wrong with the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise BadInput(f"manifest {path} not found") from None
+    except IsADirectoryError:
+        raise BadInput(f"manifest {path} is a directory, not a YAML file") from None
+    except UnicodeDecodeError:
+        raise BadInput(f"manifest {path} is not a UTF-8 text file") from None
+    except OSError as err:
+        raise BadInput(f"cannot read manifest {path}: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise BadInput(f"manifest {path} is not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise BadInput(f"manifest {path} is nested too deeply to be a manifest") from None
+    except ValueError as err:  # a value YAML resolves but Python refuses: a date 2024-13-45, a 5000-digit number
+        raise BadInput(f"manifest {path} holds a value that cannot be read: {str(err).split(':')[0]}") from None
+    if data is None:
+        raise BadInput(f"manifest {path} is empty")
+    if not isinstance(data, dict):
+        raise BadInput(f"manifest {path} must be a mapping with version, default and artifacts")
+    return data
+
+
+def first_error(err: ValidationError) -> str:
+    """A pydantic error as one line: dotted field path, message, and how many more there are."""
+    first = err.errors()[0]
+    where = ".".join(str(part) for part in first["loc"])
+    message = first["msg"].removeprefix("Value error, ")
+    more = f" (and {err.error_count() - 1} more problems)" if err.error_count() > 1 else ""
+    return f"{where}: {message}{more}" if where else f"{message}{more}"

@@ -1,0 +1,135 @@
+"""What every provider shares: the manifest entry's base model and the ``Source`` it resolves to.
+
+A provider module (``url``, ``local``, ``hf``, ``zenodo``, ``osf``, ``gdrive``) defines
+one pydantic model ``<Name>Mirror(MirrorBase)`` with a literal ``type`` and one function::
+
+    def resolve(mirror: <Name>Mirror, session: requests.Session) -> Source
+
+``resolve`` asks the provider where the bytes are and what it publishes about them; it
+raises :class:`~phasegpt_ckpt.errors.MirrorFailed` (outcome tag + one line) when the
+provider cannot serve the file. The transfer engine then moves the bytes.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Optional
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import AfterValidator, BaseModel, ConfigDict
+
+from phasegpt_ckpt import console
+
+from phasegpt_ckpt.source import web
+from phasegpt_ckpt.errors import MirrorFailed
+
+# Metadata calls are small: fail over to the next mirror quickly rather than wait.
+API_TIMEOUT = (10, 30)
+MAX_API_WAIT = 30.0  # seconds a rate-limited API call waits before its one retry
+
+# A URL field of a mirror entry: https, or http to loopback only (see web.check_url_allowed).
+AllowedUrl = Annotated[str, AfterValidator(web.allowed_url)]
+# A provider's base URL (scheme, host and port), None meaning its public service.
+Endpoint = Annotated[Optional[AllowedUrl], AfterValidator(lambda url: url and url.rstrip("/"))]
+
+
+class MirrorBase(BaseModel):
+    """Fields every mirror entry has. ``published: false`` lists a mirror that is never tried."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    published: bool = True
+
+    def describe(self) -> str:
+        """Short human label for tables: ``hf templetwo/phasegpt-checkpoints@main``."""
+        raise NotImplementedError
+
+
+@dataclass
+class Source:
+    """Where the bytes of one artifact are, as resolved from one mirror.
+
+    ``url`` is fetched with ``headers`` (credentials only ever go to ``url``'s own origin;
+    the engine drops them on a cross-origin redirect). ``local_path`` replaces ``url`` for
+    files already on disk. ``size``/``sha256``/``md5`` are what the provider publishes
+    (``None`` where it publishes nothing); fetch compares them with the manifest before
+    any byte moves. ``session`` carries provider cookies (Google Drive) when needed.
+    ``stable_url`` names the file when ``url`` changes at every resolution (a signed CDN link,
+    Drive's confirmed form): a part left by an earlier run is resumed only for the same one.
+    """
+
+    label: str
+    url: Optional[str] = None
+    local_path: Optional[Path] = None
+    headers: dict[str, str] = field(default_factory=dict)
+    size: Optional[int] = None
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+    revision: Optional[str] = None
+    session: Optional[requests.Session] = None
+    stable_url: Optional[str] = None
+
+    def disagreement(self, *, size: Optional[int], sha256: Optional[str],
+                     md5: Optional[str]) -> Optional[tuple[str, Any, Any]]:
+        """The first of size, sha256, md5 that the provider publishes and that differs from what is
+        known (None: unknown, not compared): ``(field, published, known)``, or None when all agree.
+
+        >>> Source("x", size=3, md5="AB").disagreement(size=3, sha256="cd" * 32, md5="ef")
+        ('md5', 'ab', 'ef')
+        """
+        published = {"size": self.size, "sha256": self.sha256 and self.sha256.lower(), "md5": self.md5 and self.md5.lower()}
+        for name, known in (("size", size), ("sha256", sha256), ("md5", md5)):
+            if known is not None and published[name] is not None and published[name] != known:
+                return name, published[name], known
+        return None
+
+
+def get(session: requests.Session, url: str, *, what: str, **kwargs: Any) -> requests.Response:
+    """A provider API GET (redirects checked by :func:`web.get`); a network failure becomes :class:`MirrorFailed`."""
+    try:
+        return web.get(session, url, label=what, timeout=API_TIMEOUT, **kwargs)
+    except requests.Timeout:
+        raise MirrorFailed("timeout", f"{what}: no answer from {urlsplit(url).netloc}") from None
+    except requests.RequestException as err:
+        raise MirrorFailed("network", f"{what}: cannot reach {urlsplit(url).netloc} ({type(err).__name__})") from None
+
+
+def get_json(session: requests.Session, url: str, *, what: str, token_env: str, **kwargs: Any) -> Any:
+    """GET a provider's JSON API document; any failure becomes one :class:`MirrorFailed` line.
+
+    ``what`` names the thing asked for ("Zenodo record 123"); ``token_env`` is the
+    variable that holds the provider token, named in the hint for 401/403 answers.
+    The outcome tag is the HTTP status ("404"), or "network"/"timeout"/"bad answer".
+    """
+    response = get(session, url, what=what, **kwargs)
+    if response.status_code == 429:  # rate limited (Zenodo allows 60 anonymous calls a minute): wait, once
+        wait = min(web.retry_after(response.headers.get("Retry-After")) or 1.0, MAX_API_WAIT)
+        console.log(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.0f}s")
+        time.sleep(wait)
+        response = get(session, url, what=what, **kwargs)
+    if response.status_code >= 400:
+        hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
+        raise MirrorFailed(
+            str(response.status_code), f"{what}: {_error_detail(response)} (HTTP {response.status_code}){hint}"
+        )
+    try:
+        return response.json()
+    except ValueError:
+        raise MirrorFailed("bad answer", f"{what}: {urlsplit(url).netloc} did not answer JSON") from None
+
+
+def _error_detail(response: requests.Response) -> str:
+    """The server's own words from the error shapes providers use, else the reason phrase."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        errors = body.get("errors")  # JSON:API (OSF)
+        first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
+        detail = first.get("detail") or body.get("message") or body.get("error")  # then Zenodo, then {"error"}
+        if isinstance(detail, str) and detail.strip():
+            return detail.strip().splitlines()[0][:200]
+    return response.reason or "error"

@@ -1,0 +1,128 @@
+"""Hugging Face Hub: huggingface_hub finds the file, our engine moves the bytes.
+
+``get_hf_file_metadata`` sends the Hub's own HEAD (token, redirect rules, error codes)
+and gives the commit, size, the LFS sha256 (``X-Linked-Etag``) and the CDN location.
+We then GET that location ourselves: huggingface_hub 2.x keeps no partial file across
+runs and checks no hash. Xet data in the answer is ignored: the location is the Hub's
+plain-HTTP bridge URL, which serves ordinary bytes with Range.
+
+    >>> HfMirror(repo="templetwo/phasegpt-checkpoints", filename="best_model.pt").describe()
+    'hf templetwo/phasegpt-checkpoints@main'
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Literal, Optional
+from urllib.parse import urljoin
+
+import requests
+from pydantic import field_validator
+
+from phasegpt_ckpt.source import web
+from phasegpt_ckpt.proof.digest import SHA256_HEX
+from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source.mirrors.base import API_TIMEOUT, Endpoint, MirrorBase, Source
+
+HUB = "https://huggingface.co"
+# The Hub's repository ids: NAME or NAMESPACE/NAME, letters, digits, '-', '_', '.', no '--' or '..'.
+REPO_ID = re.compile(r"(?!.*(--|\.\.))(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
+
+
+class HfMirror(MirrorBase):
+    """A file in a Hub repository; ``revision`` may be a branch, tag or 40-hex commit (pinned)."""
+
+    type: Literal["hf"] = "hf"
+    repo: str
+    filename: str
+    revision: str = "main"
+    repo_type: Literal["model", "dataset", "space"] = "model"
+    endpoint: Endpoint = None
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, repo: str) -> str:
+        if not REPO_ID.fullmatch(repo) or repo.endswith((".git", "-", ".")):
+            raise ValueError(f"not a Hub repository id (ORG/NAME, e.g. templetwo/phasegpt-checkpoints): {repo!r}")
+        return repo
+
+    def describe(self) -> str:
+        return f"hf {self.repo}@{self.revision}"
+
+    def base_url(self) -> str:
+        """``endpoint``, else ``HF_ENDPOINT`` (read now, not at import), else the public Hub."""
+        base = (self.endpoint or os.environ.get("HF_ENDPOINT") or HUB).rstrip("/")
+        web.check_url_allowed(base)  # HF_ENDPOINT comes from the environment, unvalidated
+        return base
+
+
+def resolve(mirror: HfMirror, session: requests.Session) -> Source:
+    """Ask the Hub where ``mirror``'s file is and what it publishes about it.
+
+    The token (``HF_TOKEN`` or the saved login) goes to the Hub only: ``Source.headers``
+    carries it only when the location is on the endpoint's origin, never to the CDN.
+    """
+    # Imported here: huggingface_hub costs ~0.3 s to import, paid only when an hf mirror is tried.
+    import httpx2
+    from huggingface_hub import get_hf_file_metadata, get_token, hf_hub_url
+    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+
+    endpoint = mirror.base_url()
+    token = web.trusted_token(get_token(), endpoint, HUB, os.environ.get("HF_ENDPOINT"), name="HF_TOKEN")
+    try:
+        url = hf_hub_url(mirror.repo, mirror.filename, repo_type=mirror.repo_type, revision=mirror.revision,
+                         endpoint=endpoint)
+        meta = get_hf_file_metadata(url, token=token or False, timeout=API_TIMEOUT[1], endpoint=endpoint)
+    except (HfHubHTTPError, OfflineModeIsEnabled, httpx2.HTTPError, HFValidationError) as err:
+        raise _mirror_failed(mirror, err, token) from None
+    if not meta.commit_hash:
+        raise MirrorFailed("bad answer", f"{endpoint} does not look like a Hugging Face Hub (no X-Repo-Commit)")
+    location = urljoin(url, meta.location)
+    etag = (meta.etag or "").lower()
+    return Source(
+        label=mirror.describe(),
+        url=location,
+        headers=web.credentials_for(location, token, endpoint),
+        size=meta.size,
+        sha256=etag if SHA256_HEX.fullmatch(etag) else None,  # LFS files only; small files carry a git sha1
+        revision=meta.commit_hash,
+        stable_url=hf_hub_url(mirror.repo, mirror.filename, repo_type=mirror.repo_type, revision=meta.commit_hash,
+                              endpoint=endpoint),  # the CDN link is signed anew at every resolution
+    )
+
+
+def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> MirrorFailed:
+    """One line per kind of Hub failure, most specific first (GatedRepoError is a RepositoryNotFoundError)."""
+    import httpx2
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HFValidationError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = f"{mirror.repo}@{mirror.revision}"
+    if isinstance(err, HFValidationError):
+        return MirrorFailed("bad input", f"huggingface_hub refuses {where} {mirror.filename!r}: {err}")
+    if isinstance(err, GatedRepoError) and err.response.status_code == 403:
+        return MirrorFailed("gated", f"{mirror.repo} is gated and your token is not granted access: ask on the Hub")
+    if isinstance(err, GatedRepoError):
+        return MirrorFailed("gated", f"{mirror.repo} is gated: accept its terms on the Hub, then log in (HF_TOKEN)")
+    if isinstance(err, RepositoryNotFoundError):
+        return MirrorFailed("repo not found", f"repository {mirror.repo} not found, or private (set HF_TOKEN)")
+    if isinstance(err, RevisionNotFoundError):
+        return MirrorFailed("revision not found", f"revision {mirror.revision!r} not found in {mirror.repo}")
+    if isinstance(err, RemoteEntryNotFoundError):
+        return MirrorFailed("404", f"{mirror.filename} not found in {where}")
+    if isinstance(err, OfflineModeIsEnabled):
+        return MirrorFailed("offline", "HF_HUB_OFFLINE is set: the Hub is not asked")
+    if isinstance(err, HfHubHTTPError):
+        status = err.response.status_code
+        said = web.scrub(err.server_message or "", token).strip().splitlines()
+        return MirrorFailed(str(status), f"the Hub answered HTTP {status} for {where}{': ' + said[0] if said else ''}")
+    if isinstance(err, httpx2.TimeoutException):
+        return MirrorFailed("timeout", f"no answer from {mirror.base_url()}")
+    return MirrorFailed("network", f"cannot reach {mirror.base_url()} ({type(err).__name__})")

@@ -1,0 +1,47 @@
+"""A file on a local or network disk (a lab share, a bundled checkpoint, a USB stick).
+
+A relative ``path`` in a manifest is taken from the manifest file's directory.
+
+    >>> LocalMirror(path="/data/mirror/best_model.pt").describe()
+    'local /data/mirror/best_model.pt'
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import requests
+from pydantic import ValidationInfo, field_validator
+
+from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
+
+
+class LocalMirror(MirrorBase):
+    """``path``: absolute, ``~``-relative, or relative to the manifest's directory."""
+
+    type: Literal["local"] = "local"
+    path: Path
+
+    @field_validator("path")
+    @classmethod
+    def _from_manifest_dir(cls, path: Path, info: ValidationInfo) -> Path:
+        base_dir = (info.context or {}).get("base_dir")
+        path = path.expanduser()
+        return base_dir / path if base_dir and not path.is_absolute() else path
+
+    def describe(self) -> str:
+        return f"local {self.path}"
+
+
+def resolve(mirror: LocalMirror, session: requests.Session) -> Source:
+    """The file itself; its size on disk is what this mirror "publishes"."""
+    try:
+        size = mirror.path.stat().st_size
+    except FileNotFoundError:
+        raise MirrorFailed("not found", f"{mirror.path} does not exist") from None
+    except OSError as err:
+        raise MirrorFailed("unreadable", f"cannot read {mirror.path}: {err.strerror}") from None
+    if not mirror.path.is_file():
+        raise MirrorFailed("not a file", f"{mirror.path} is not a regular file")
+    return Source(label=mirror.describe(), local_path=mirror.path, size=size)

@@ -1,0 +1,1 @@
+"""The Store a Python user holds, and what it keeps: the cache of verified files, fetch, import and publish."""

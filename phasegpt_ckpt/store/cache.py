@@ -1,0 +1,192 @@
+"""The local cache: verified bytes by sha256, a readable name per artifact, receipts and locks.
+
+Layout under the root (``--cache-dir``, ``$PHASEGPT_CACHE``, else the platform's user cache)::
+
+    blobs/<sha256>                       verified bytes, read-only, shared by artifacts with equal content
+    artifacts/<name>/<filename>          hard link to the blob (a copy where links are impossible)
+    receipts/<name>.json                 what was verified, against what, from where and when
+    partial/<name>/<type>-<key>.part     transfers in progress, one per (artifact, mirror): resume finds them
+    locks/<name>.lock                    one fetch of an artifact at a time, across threads and processes
+
+Bytes reach ``blobs/`` only through :meth:`Cache.store`, after the caller checked sha256 and size.
+
+>>> cache = Cache("/tmp/phasegpt-doctest-cache")
+>>> cache.blob("ab" * 32).relative_to(cache.root).as_posix()[:12]
+'blobs/ababab'
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+import stat
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+import platformdirs
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ValidationError
+
+from phasegpt_ckpt import __version__
+
+from phasegpt_ckpt import console
+from phasegpt_ckpt.atomic import atomic_path, fsync_directory, write_text
+from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.source.manifest import Artifact
+from phasegpt_ckpt.source.mirrors.base import MirrorBase
+
+TOFU = "unpinned (trust on first use)"
+
+
+class Receipt(BaseModel):
+    """The record of one verified file. ``pin`` says what its sha256 was checked against."""
+
+    artifact: str
+    filename: str
+    sha256: str
+    size: int
+    mirror: str
+    time: datetime
+    tool_version: str
+    pinned: bool
+    pin: str  # "pinned (manifest sha256)", "unpinned (provider sha256)", ..., or TOFU
+
+
+class Cache:
+    """One cache directory; creating the object touches nothing on disk."""
+
+    def __init__(self, root: str | Path | None = None):
+        root = root or os.environ.get("PHASEGPT_CACHE") or platformdirs.user_cache_dir("phasegpt-ckpt")
+        self.root = Path(root).expanduser()
+
+    def blob(self, sha256: str) -> Path:
+        return self.root / "blobs" / sha256
+
+    def path(self, artifact: Artifact) -> Path:
+        """Where the artifact's file is kept under its own ``filename``."""
+        return self.root / "artifacts" / artifact.name / artifact.filename
+
+    def part_path(self, artifact: Artifact, mirror: MirrorBase) -> Path:
+        """The stable partial file for this artifact from this mirror (same mirror entry, same name)."""
+        key = hashlib.sha256(mirror.model_dump_json().encode()).hexdigest()[:12]
+        return self._dir("partial", artifact.name) / f"{mirror.type}-{key}.part"
+
+    @contextlib.contextmanager
+    def lock(self, name: str) -> Iterator[None]:
+        """Hold the artifact's lock; says so on stderr when another fetch holds it first."""
+        lock = FileLock(self._dir("locks") / f"{name}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            console.log(f"waiting for another fetch of {name} to finish")
+            lock.acquire()
+        try:
+            yield
+        finally:
+            lock.release()
+
+    def receipt(self, name: str) -> Optional[Receipt]:
+        """The receipt of artifact ``name``, or None (absent or unreadable: the file is refetched)."""
+        path = self.root / "receipts" / f"{name}.json"
+        try:
+            return Receipt.model_validate_json(path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValidationError):
+            console.warn(f"ignoring the unreadable receipt {path}")
+            return None
+
+    def receipts(self) -> list[Receipt]:
+        """Every readable receipt, by artifact name."""
+        names = sorted(p.stem for p in (self.root / "receipts").glob("*.json"))
+        return [r for r in map(self.receipt, names) if r is not None]
+
+    def lookup(self, artifact: Artifact) -> Optional[Receipt]:
+        """The receipt of a cached copy that still fits the manifest, else None.
+
+        Cheap (no hashing): the receipt must agree with the manifest's sha256 and size and the
+        blob must have the recorded size. ``verify`` re-hashes.
+        """
+        receipt = self.receipt(artifact.name)
+        if receipt is None or artifact.sha256 not in (None, receipt.sha256) or artifact.size not in (None, receipt.size):
+            return None
+        blob = self.blob(receipt.sha256)
+        return receipt if blob.is_file() and blob.stat().st_size == receipt.size else None
+
+    def store(self, artifact: Artifact, part: Path, *, sha256: str, size: int, mirror: str, pin: str) -> Path:
+        """Move checked bytes from ``part`` into the cache, name them, write the receipt; returns the path.
+
+        The caller has compared ``sha256`` and ``size`` with every expectation it holds.
+        """
+        blob = self.blob(sha256)
+        self._dir("blobs")
+        os.replace(part, blob)  # even over an equal blob: these bytes were just checked, the old ones not
+        blob.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # a hard-linked --dest copy must not be edited in place
+        fsync_directory(blob.parent)
+        readable = place(blob, self._dir("artifacts", artifact.name), artifact.filename)
+        receipt = Receipt(
+            artifact=artifact.name, filename=artifact.filename, sha256=sha256, size=size, mirror=mirror,
+            time=datetime.now(timezone.utc), tool_version=__version__, pinned=artifact.sha256 is not None, pin=pin,
+        )
+        write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{artifact.name}.json")
+        shutil.rmtree(self.root / "partial" / artifact.name, ignore_errors=True)  # other mirrors' leftovers
+        return readable
+
+    def discard(self, name: str) -> None:
+        """Forget artifact ``name``: its receipt, its readable name and its blob (found corrupt)."""
+        receipt = self.receipt(name)
+        if receipt is not None:
+            self.blob(receipt.sha256).unlink(missing_ok=True)
+        shutil.rmtree(self.root / "artifacts" / name, ignore_errors=True)
+        (self.root / "receipts" / f"{name}.json").unlink(missing_ok=True)
+
+    def identify(self, path: Path) -> Optional[Receipt]:
+        """The receipt whose blob *is* ``path`` (same inode: the cached file or a hard-linked ``--dest``)."""
+        return next((r for r in self.receipts()
+                     if self.blob(r.sha256).is_file() and os.path.samefile(path, self.blob(r.sha256))), None)
+
+    def _dir(self, *parts: str) -> Path:
+        directory = self.root.joinpath(*parts)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise BadInput(f"cannot use the cache directory {self.root}: {err.strerror}") from None
+        return directory
+
+
+def place(path: Path, dest_dir: str | Path, filename: str) -> Path:
+    """Put ``path`` at ``dest_dir/filename``: a hard link, else a copy; never a partial file there.
+
+    >>> import tempfile; d = Path(tempfile.mkdtemp()); _ = (d / "a").write_text("x")
+    >>> place(d / "a", d / "out", "b.txt").read_text()
+    'x'
+    """
+    dest_dir = Path(dest_dir)
+    final = dest_dir / filename
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        if final.exists() and os.path.samefile(path, final):
+            return final
+        if not _link(path, final):  # another filesystem, or one without hard links
+            with atomic_path(final) as temp:
+                shutil.copyfile(path, temp)
+    except OSError as err:
+        raise BadInput(f"cannot write {final}: {err.strerror}") from None
+    return final
+
+
+def _link(path: Path, final: Path) -> bool:
+    """Hard-link ``path`` at ``final`` in one rename (replacing what is there); False where links fail."""
+    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        os.link(path, temp)
+    except OSError:
+        return False
+    try:
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+    return True

@@ -1,0 +1,506 @@
+"""Publish a checkpoint: hash it, write its metadata JSON, upload it, and list it in a manifest.
+
+What a checkpoint says about itself (epoch, step, validation numbers, config, versions) fills the
+seed's ``best_model_info.json`` fields; a metadata JSON already beside the file that describes the
+same bytes (the trainer's) adds what the file cannot know (hardware, date, PyTorch version); with
+``measure=True`` the validation PPL and R are measured in float32 — the numbers ``verify --eval``
+reproduces — and recorded as the artifact's claims. The manifest keeps its order and comments: it is
+edited with ruamel.yaml's round trip, validated, and replaced atomically.
+
+    published = publish("runs/tiny/best_model.pt", "my-tiny", hub_repo="me/phasegpt", measure=True)
+    published.sha256, published.revision, published.mirrors
+    publish("best_model.pt", "best_model", records=["zenodo:1234567"])   # a record made by hand
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import requests
+from pydantic import TypeAdapter, ValidationError
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from phasegpt_ckpt import manifests
+
+from phasegpt_ckpt import console
+
+from phasegpt_ckpt.source import web
+from phasegpt_ckpt.atomic import atomic_path
+from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, corpus_path, load_checkpoint
+from phasegpt_ckpt.proof.digest import hash_file
+from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
+from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest
+from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
+from phasegpt_ckpt.source.mirrors import resolve
+from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
+from phasegpt_ckpt.source.mirrors.hf import REPO_ID, HfMirror
+from phasegpt_ckpt.source.mirrors.local import LocalMirror
+from phasegpt_ckpt.source.mirrors.osf import OsfMirror
+from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
+
+# Each claim's tolerance, as a fraction of its value. The claims are measured here in float32, and a
+# float32 re-measurement on another machine or batch size changes only the order of the sums (the
+# bundled checkpoint's PPL moves by 1.4e-7 relative between batch sizes 16 and 256). Precision can
+# move it more: `verify --eval --device cuda` runs bf16 autocast (two to three significant digits per
+# matmul), which tests/test_evaluate.py bounds at 1 % of PPL against CPU float32 — a bound, not a
+# measured difference. 0.5 % is thus ~10^4 times the float32 noise, yet 6 times tighter than the 3 %
+# by which phasegpt-tiny's validation PPL fell over its last epoch (7.657 to 7.428): another checkpoint
+# of the same run fails it.
+DEFAULT_TOLERANCE = 0.005
+ENTRY_KEYS = ("kind", "filename", "size", "sha256", "md5", "metadata", "claims", "mirrors")  # the order entries are written in
+
+
+@dataclass
+class Published:
+    """What ``publish`` wrote: the artifact's facts, its metadata JSON and the mirrors now listed."""
+
+    name: str
+    path: Path
+    size: int
+    sha256: str
+    metadata: str  # the metadata artifact's name
+    metadata_path: Path
+    manifest: Path
+    claims: dict[str, dict[str, float]] = field(default_factory=dict)
+    mirrors: list[str] = field(default_factory=list)  # the checkpoint's mirrors, in the manifest's order
+    revision: Optional[str] = None  # the Hub commit, when uploaded
+
+
+def publish(
+    path: str | Path,
+    name: str,
+    *,
+    manifest: str | Path | None = None,
+    hub_repo: Optional[str] = None,
+    endpoint: Optional[str] = None,
+    records: Sequence[Union[str, MirrorBase]] = (),
+    measure: bool = False,
+    tolerance: float = DEFAULT_TOLERANCE,
+    data: str | Path | None = None,
+    device: str = "cpu",
+    cache: Optional[Cache] = None,
+) -> Published:
+    """Add (or update) checkpoint ``path`` as artifact ``name`` in ``manifest``, with its metadata JSON.
+
+    ``manifest``: the file to edit (default: ``$PHASEGPT_MANIFEST``, else the shipped one). The
+    metadata JSON is written beside the checkpoint as ``<stem>_info.json`` and listed as artifact
+    ``<name>_info`` (or the one the entry already names). A file inside the manifest's directory gets
+    a ``local`` mirror relative to it (a bundled checkpoint). ``hub_repo`` ("ORG/REPO") uploads both
+    files in one commit and pins the Hub mirrors to it; ``records`` ("zenodo:ID", "zenodo:DOI",
+    "osf:GUID", or mirror entries) are listed after their published size and hash agree with the file.
+    ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value.
+    """
+    path = _checkpoint_file(path)
+    manifest_path = Path(manifest or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
+    current = load_manifest(manifest_path)
+    cache = cache or Cache()
+    filename, metadata_name, metadata_filename = _names(current, name, path)
+    hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
+    ours = FileFacts(path, *hash_file(path))
+    recorded = [_record_mirror(r, filename) for r in records]
+    published_md5 = [_checked(mirror, ours).md5 is not None for mirror in recorded]
+    previous = current.artifacts.get(name)
+    # Recorded whenever a provider publishes md5 (fetch compares it before any byte moves), and kept
+    # true for the new bytes when the entry already had one.
+    md5 = ours.md5 if any(published_md5) or (previous is not None and previous.md5) else None
+    locate_options = {"manifest": current, "cache": cache}
+    ckpt = load_checkpoint(path, data=data, load_training_state=True, locate_options=locate_options)
+    measured = _measure(ckpt, corpus_path(data, **locate_options), device) if measure else None
+    info_file = info_path(path)
+    info = build_info(name, ckpt.config, ckpt.training_state or {}, size=ours.size, sha256=ours.sha256,
+                      validation=measured and measured.summary(), known=_known_info(info_file, ours.sha256))
+    save_info(info, info_file)
+    info_facts = FileFacts(info_file, *hash_file(info_file))
+
+    ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file)
+    revision = None
+    if hub is not None:
+        revision = upload_to_hub(hub, {filename: path, metadata_filename: info_file})
+        ckpt_mirrors.append(_uploaded(hub, filename, revision, ours))
+        info_mirrors.append(_uploaded(hub, metadata_filename, revision, info_facts))
+    ckpt_mirrors += recorded
+    claims = _claims(measured, tolerance) if measured else {}
+    entries = {
+        name: {"kind": "checkpoint", "filename": filename, "size": ours.size, "sha256": ours.sha256,
+               **({"md5": md5} if md5 else {}), "metadata": metadata_name, "claims": claims, "mirrors": ckpt_mirrors},
+        metadata_name: {"kind": "metadata", "filename": metadata_filename, "size": info_facts.size,
+                        "sha256": info_facts.sha256, "mirrors": info_mirrors},
+    }
+    for entry_name, entry in entries.items():
+        _warn_stale(current, entry_name, entry)
+    updated = update_manifest(manifest_path, entries)
+    return Published(name, path, ours.size, ours.sha256, metadata_name, info_file, manifest_path, claims,
+                     [m.describe() for m in updated.artifact(name).mirrors], revision)
+
+
+@dataclass
+class FileFacts:
+    """A local file's size and sha256 (computed once), and its md5 when something asks for it."""
+
+    path: Path
+    size: int
+    sha256: str
+
+    @functools.cached_property
+    def md5(self) -> str:
+        with open(self.path, "rb") as handle:
+            return hashlib.file_digest(handle, "md5").hexdigest()
+
+
+# -- the metadata JSON ------------------------------------------------------------------------------
+
+
+def _known_info(path: Path, sha256: str) -> Optional[dict]:
+    """A metadata JSON already at ``path`` that vouches for these very bytes (the trainer's, a
+    previous publish), else None: a JSON about other bytes says nothing about this file."""
+    try:
+        known = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return known if isinstance(known, dict) and str(known.get("sha256", "")).lower() == sha256 else None
+
+
+def _measure(ckpt: LoadedCheckpoint, corpus: Path, device: str):
+    """The checkpoint's validation numbers, measured on the model already loaded."""
+    from phasegpt_ckpt.models.evaluate import measure, validation_loader
+
+    console.log(f"measuring {ckpt.path} on the validation split ({device}) ...")
+    return measure(ckpt.model, validation_loader(ckpt, corpus), device=device)
+
+
+def _claims(measured, tolerance: float) -> dict[str, dict[str, float]]:
+    """Measured PPL (and R, for a phase model) as claims, each ± ``tolerance`` of its value."""
+    values = {"validation_ppl": measured.ppl}
+    if measured.R:
+        values["order_parameter_R"] = measured.R_mean
+    return {claim: {"value": _rounded(value), "tolerance": max(_rounded(abs(value) * tolerance), 10**-DIGITS)}
+            for claim, value in values.items()}
+
+
+def _rounded(value: Optional[float], digits: int = DIGITS) -> Optional[float]:
+    return None if value is None else round(float(value), digits)
+
+
+# -- where the bytes are ----------------------------------------------------------------------------
+
+
+def upload_to_hub(mirror: HfMirror, files: dict[str, Path]) -> str:
+    """Upload ``files`` (name in the repo → local file) to ``mirror.repo`` in one commit; its sha.
+
+    The repository is created when it does not exist and the token may create it. The token is
+    ``HF_TOKEN`` or the saved login (never printed); the endpoint is ``mirror.base_url()``.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    api = HfApi(endpoint=mirror.base_url())
+    quiet = not console.show_progress() and not are_progress_bars_disabled()
+    if quiet:
+        disable_progress_bars()
+    try:
+        try:
+            api.repo_info(mirror.repo)
+        except RepositoryNotFoundError:  # create_repo(exist_ok) alone misreads a non-HF endpoint on 403
+            console.log(f"creating {mirror.repo} on {mirror.base_url()}")
+            api.create_repo(mirror.repo, exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+        commit = api.create_commit(mirror.repo, operations, commit_message=f"Publish {', '.join(files)}")
+    except Exception as err:  # huggingface_hub raises HTTP, transport and ValueError subclasses
+        raise _upload_failed(mirror, err) from None
+    finally:
+        if quiet:
+            enable_progress_bars()
+    console.log(f"uploaded {', '.join(files)} to {mirror.repo} at commit {commit.oid}")
+    return commit.oid
+
+
+def _uploaded(hub: HfMirror, filename: str, revision: str, ours: FileFacts) -> HfMirror:
+    """The Hub mirror of one uploaded file, pinned to the commit, once the Hub serves what was sent."""
+    pinned = hub.model_copy(update={"filename": filename, "revision": revision})
+    _checked(pinned, ours, need_hash=False)  # a small file carries a git sha1 only
+    return pinned
+
+
+def _upload_failed(mirror: HfMirror, err: Exception) -> PhasegptError:
+    """One line per kind of upload failure; the token never appears in it."""
+    from huggingface_hub import get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    where = f"{mirror.repo} on {mirror.base_url()}"
+    if isinstance(err, HfHubHTTPError) and err.response is not None:
+        status = err.response.status_code
+        said = (web.scrub(err.server_message or "", get_token()).strip().splitlines() or [""])[0]
+        if status == 401:
+            return BadInput(f"the Hub refused to upload to {where}: not logged in (set HF_TOKEN or run `hf auth login`)")
+        if status in (403, 404):
+            return BadInput(f"your Hub token may not write to {where} (HTTP {status}{': ' + said if said else ''})")
+        if status < 500:
+            return BadInput(f"the Hub refused the upload to {where}: HTTP {status}{': ' + said if said else ''}")
+        return MirrorsExhausted(f"the Hub failed to take the upload to {where}: HTTP {status}; try again later")
+    if isinstance(err, (ValueError, TypeError, KeyError)):
+        return MirrorsExhausted(f"{mirror.base_url()} answered the upload to {mirror.repo} in a way "
+                                f"huggingface_hub cannot use ({type(err).__name__}); is it a Hugging Face Hub?")
+    return MirrorsExhausted(f"cannot reach {mirror.base_url()} to upload to {mirror.repo} ({type(err).__name__})")
+
+
+def hub_repo_of(target: str) -> str:
+    """The repository of ``--to hf:ORG/REPO``.
+
+    >>> hub_repo_of("hf:templetwo/phasegpt-checkpoints")
+    'templetwo/phasegpt-checkpoints'
+    """
+    kind, _, repo = target.partition(":")
+    if kind != "hf":
+        raise BadInput(f"--to {target!r}: uploads go to the Hub (hf:ORG/REPO); list a Zenodo or OSF record "
+                       "you made by hand with --record")
+    return _hub_repo(repo)
+
+
+def parse_record(spec: str, filename: str) -> MirrorBase:
+    """``zenodo:ID``, ``zenodo:DOI`` or ``osf:GUID`` as the mirror entry of ``filename`` in that record.
+
+    >>> parse_record("zenodo:1234567", "best_model.pt").describe()
+    'zenodo record 1234567'
+    >>> parse_record("osf:ab3cd", "best_model.pt").describe()
+    'osf ab3cd'
+    """
+    kind, _, ref = spec.partition(":")
+    try:
+        if kind == "zenodo" and ref:
+            return ZenodoMirror(**{"doi" if "/" in ref else "record": ref}, filename=filename)
+        if kind == "osf" and ref:
+            return OsfMirror(guid=ref)
+    except ValidationError as err:
+        raise BadInput(f"--record {spec!r}: {first_error(err)}") from None
+    raise BadInput(f"--record {spec!r}: write zenodo:ID (or zenodo:DOI) or osf:GUID")
+
+
+def _hub_repo(repo: str) -> str:
+    """An upload target: a Hub repository id with its namespace. (A bare NAME would land under whoever
+    the token belongs to, a repository the manifest could not name.)"""
+    if not REPO_ID.fullmatch(repo):
+        raise BadInput(f"{repo!r} is not a Hub repository id: write ORG/REPO (hf:templetwo/phasegpt-checkpoints)")
+    if "/" not in repo:
+        raise BadInput(f"{repo!r} names no namespace: write ORG/{repo} (the user or organisation to upload to)")
+    return repo
+
+
+def _hub_mirror(repo: str, filename: str, endpoint: Optional[str]) -> HfMirror:
+    try:
+        return HfMirror(repo=_hub_repo(repo), filename=filename, endpoint=endpoint)
+    except ValidationError as err:  # what the mirror itself refuses: a repo ending in .git, an endpoint not https
+        raise BadInput(f"--to hf:{repo}{f' --endpoint {endpoint}' if endpoint else ''}: {first_error(err)}") from None
+
+
+def _record_mirror(record: Union[str, MirrorBase], filename: str) -> MirrorBase:
+    """A record given as ``zenodo:``/``osf:`` text, or as a mirror entry (a private endpoint, a node path)."""
+    return parse_record(record, filename) if isinstance(record, str) else record
+
+
+def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> Source:
+    """What ``mirror``'s provider publishes, once its size and every hash it publishes agree with the file.
+
+    Refused with one line when one disagrees, or when ``need_hash`` and the provider publishes no hash.
+    """
+    with requests.Session() as session:
+        try:
+            source = resolve(mirror, session)
+        except MirrorFailed as err:
+            unreachable = err.outcome in ("network", "timeout") or err.outcome.startswith("5")
+            raise (MirrorsExhausted if unreachable else BadInput)(f"cannot list {mirror.describe()}: {err}") from None
+    # fetch compares the same fields before any byte moves: every one must hold
+    mismatch = source.disagreement(size=ours.size, sha256=ours.sha256, md5=ours.md5 if source.md5 else None)
+    if mismatch is not None and mismatch[0] == "size":
+        raise VerificationFailed(f"{mirror.describe()} has {mismatch[1]} bytes, {ours.path} has {ours.size}: "
+                                 "not listing it")
+    if need_hash and not (source.sha256 or source.md5):
+        raise VerificationFailed(f"{mirror.describe()} publishes no sha256 or md5 to compare {ours.path} with: "
+                                 "not listing it")
+    if mismatch is not None:
+        field, theirs, mine = mismatch
+        raise VerificationFailed(f"{mirror.describe()} has {field} {theirs}, {ours.path} has {mine}: it holds "
+                                 "other bytes; not listing it")
+    return source
+
+
+def _local_mirrors(manifest_path: Path, *paths: Path) -> list[list[MirrorBase]]:
+    """For each path, a ``local`` mirror relative to the manifest when it lies in the manifest's directory."""
+    base = manifest_path.resolve().parent
+    mirrors = []
+    for path in paths:
+        try:
+            relative = path.resolve().relative_to(base)
+        except ValueError:  # elsewhere on this machine: a path no other machine has
+            mirrors.append([])
+            continue
+        mirrors.append([LocalMirror(path=Path(relative.as_posix()))])
+    return mirrors
+
+
+# -- the manifest -----------------------------------------------------------------------------------
+
+
+def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> Manifest:
+    """Add or update ``entries`` (name → fields) in the manifest at ``path``, keeping order and comments.
+
+    An existing entry keeps its other keys, its comments and its other mirrors: a mirror with the same
+    identity (type and location, revision aside) is replaced in place, else the first unpublished one
+    of its type (the placeholder that announced it), else it is appended. The result is validated
+    with :func:`~phasegpt_ckpt.source.manifest.load_manifest` before it atomically replaces the file.
+    """
+    yaml = _round_trip()
+    try:
+        document = yaml.load(path.read_text(encoding="utf-8"))
+    except Exception as err:  # load_manifest already read it: only ruamel's own limits remain
+        raise BadInput(f"cannot edit {path} while keeping its comments: {type(err).__name__}") from None
+    artifacts = document.get("artifacts")
+    if not isinstance(artifacts, CommentedMap):
+        artifacts = document["artifacts"] = CommentedMap()
+    for name, fields in entries.items():
+        if name in artifacts:
+            _update_entry(artifacts[name], fields)
+        else:
+            artifacts[name] = _new_entry(fields)
+            if len(artifacts) > 1:
+                artifacts.yaml_set_comment_before_after_key(name, before="\n")  # a blank line, as between the others
+    text = io.StringIO()
+    yaml.dump(document, text)
+    with atomic_path(path) as temp:
+        temp.write_text(text.getvalue(), encoding="utf-8")
+        return _valid_manifest(temp)
+
+
+def _valid_manifest(temp: Path) -> Manifest:
+    """The written manifest, validated as fetch will read it (relative local paths alike: it lies beside)."""
+    try:
+        return load_manifest(temp)
+    except BadInput as err:
+        raise BadInput(f"publishing would leave the manifest invalid: {str(err).partition(': ')[2]}") from None
+
+
+def _round_trip() -> YAML:
+    """ruamel.yaml in round-trip mode, indented as the shipped manifest, ``null`` written as such."""
+    yaml = YAML()
+    yaml.preserve_quotes = True
+    yaml.width = 4096  # never fold a long line
+    yaml.indent(mapping=2, sequence=4, offset=2)
+    yaml.representer.add_representer(
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
+    return yaml
+
+
+def _new_entry(fields: dict[str, Any]) -> CommentedMap:
+    entry = CommentedMap()
+    _update_entry(entry, fields)
+    return entry
+
+
+def _update_entry(entry: CommentedMap, fields: dict[str, Any]) -> None:
+    for key in ENTRY_KEYS:
+        if key not in fields or (key == "claims" and not fields[key]):
+            continue  # nothing measured: claims already written stay as they are
+        if key == "claims":
+            claims = entry.get("claims") if isinstance(entry.get("claims"), CommentedMap) else CommentedMap()
+            for claim, value in fields["claims"].items():
+                claims[claim] = _flow(value)
+            _put(entry, "claims", claims)
+        elif key == "mirrors":
+            mirrors = entry.get("mirrors") if isinstance(entry.get("mirrors"), CommentedSeq) else CommentedSeq()
+            for mirror in fields["mirrors"]:
+                _merge_mirror(mirrors, mirror)
+            _put(entry, "mirrors", mirrors)
+        else:
+            _put(entry, key, fields[key])
+
+
+def _put(entry: CommentedMap, key: str, value: Any) -> None:
+    """Set ``key`` in place (its comment stays), or insert it after the keys that precede it in ENTRY_KEYS."""
+    if key in entry:
+        entry[key] = value
+        return
+    before = ENTRY_KEYS[: ENTRY_KEYS.index(key)]
+    position = max((i + 1 for i, k in enumerate(entry) if k in before), default=0)
+    entry.insert(position, key, value)
+
+
+def _merge_mirror(mirrors: CommentedSeq, mirror: MirrorBase) -> None:
+    written = _flow(_mirror_fields(mirror))
+    same = [i for i, m in enumerate(mirrors) if _identity(m) == _identity(written)]
+    placeholder = [i for i, m in enumerate(mirrors) if m.get("type") == mirror.type and m.get("published") is False]
+    index = (same or placeholder or [None])[0]
+    if index is None:
+        mirrors.append(written)
+    else:
+        mirrors[index] = written
+
+
+def _mirror_fields(mirror: MirrorBase) -> dict[str, Any]:
+    """The mirror as a manifest writes it: ``type`` first, defaults left out."""
+    fields = mirror.model_dump(mode="json", exclude_defaults=True, exclude={"type"})
+    return {"type": mirror.type, **fields}
+
+
+def _identity(mirror: Any) -> Optional[tuple]:
+    """Type and location of a written mirror; the revision may change, the place may not."""
+    if not isinstance(mirror, dict):
+        return None
+    return tuple(sorted((k, str(v)) for k, v in mirror.items() if k not in ("revision", "published")))
+
+
+def _flow(fields: dict[str, Any]) -> CommentedMap:
+    """A mapping written on one line, as the manifest writes mirrors and claims."""
+    mapping = CommentedMap(fields)
+    mapping.fa.set_flow_style()
+    return mapping
+
+
+def _warn_stale(current: Manifest, name: str, entry: dict[str, Any]) -> None:
+    """New bytes under an old name: mirrors not refreshed now, and claims not re-measured, are about the old ones."""
+    previous = current.artifacts.get(name)
+    if previous is None or previous.sha256 in (None, entry["sha256"]):
+        return
+    fresh = {_identity(_mirror_fields(m)) for m in entry["mirrors"]}
+    stale = [m.describe() for m in previous.mirrors
+             if m.published and _identity(_mirror_fields(m)) not in fresh and not isinstance(m, LocalMirror)]
+    if stale:
+        console.warn(f"{name} has new bytes; its mirrors {', '.join(stale)} still serve the previous ones "
+                     "(fetch skips them on the hash): publish there again or remove them from the manifest")
+    if previous.claims and not entry.get("claims", True):
+        console.warn(f"{name} has new bytes but keeps the claims measured on the previous ones: "
+                     "publish with --eval to measure these")
+
+
+# -- inputs -----------------------------------------------------------------------------------------
+
+
+def _checkpoint_file(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise BadInput(f"{path} is not a file" if path.exists() else f"{path} does not exist")
+    return path
+
+
+def _names(current: Manifest, name: str, path: Path) -> tuple[str, str, str]:
+    """(checkpoint filename, metadata artifact name, metadata filename): an existing entry's, else new ones."""
+    try:
+        TypeAdapter(ArtifactName).validate_python(name)
+    except ValidationError:
+        raise BadInput(f"{name!r} cannot name an artifact: use letters, digits, '.', '_' and '-'") from None
+    entry = current.artifacts.get(name)
+    if entry is not None and entry.kind != "checkpoint":
+        raise BadInput(f"{name} is a {entry.kind} artifact in the manifest; publish the checkpoint under another name")
+    filename = entry.filename if entry else path.name
+    metadata_name = (entry and entry.metadata) or f"{name}_info"
+    metadata = current.artifacts.get(metadata_name)
+    if metadata is not None and metadata.kind != "metadata":
+        raise BadInput(f"{metadata_name} is a {metadata.kind} artifact; publish {name} under another name")
+    return filename, metadata_name, metadata.filename if metadata else f"{Path(filename).stem}_info.json"

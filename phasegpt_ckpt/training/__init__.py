@@ -1,0 +1,1 @@
+"""Training runs: configs, the trainer, its optimizer and schedule, RNG state, progress and metrics."""
