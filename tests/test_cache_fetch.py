@@ -18,13 +18,12 @@ import yaml
 from conftest import CORPUS_SHA256
 from emulators.fileserver import Faults, FileServer
 
-from phasegpt_ckpt.store.cache import TOFU, Cache
+from phasegpt_ckpt import Store
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, VerificationFailed
-from phasegpt_ckpt.store.fetch import fetch, import_file, locate
 from phasegpt_ckpt.source.manifest import load_manifest
 from phasegpt_ckpt.source.mirrors import resolve
 from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
-from phasegpt_ckpt.proof.verify import verify, verify_cached
+from phasegpt_ckpt.store.cache import TOFU, Cache
 
 PATH = "/files/input.txt"
 
@@ -74,7 +73,7 @@ def test_mirrors_are_tried_in_order_and_each_outcome_recorded(tmp_path, server, 
         url(server, "/files/elsewhere.txt", published=False), url(server))}))
     cache = Cache(tmp_path / "cache")
 
-    fetched = fetch("corpus", manifest=manifest, cache=cache)
+    fetched = Store(manifest, cache.root).fetch("corpus")
 
     assert [o.status for o in fetched.outcomes] == ["404", "hash mismatch", "unpublished", "ok"]
     assert fetched.outcomes[-1].mirror == f"url {server.url(PATH)}"
@@ -99,7 +98,7 @@ def test_every_mirror_failing_leaves_nothing_and_names_each_outcome(tmp_path, se
     cache = Cache(tmp_path / "cache")
 
     with pytest.raises(MirrorsExhausted) as exhausted:
-        fetch("best", manifest=manifest, cache=cache)
+        Store(manifest, cache.root).fetch("best")
 
     assert [o.status for o in exhausted.value.outcomes] == ["404", "size mismatch"]
     assert str(exhausted.value) == ("every mirror of best failed (url: 404, url: size mismatch); "
@@ -111,7 +110,7 @@ def test_every_mirror_failing_leaves_nothing_and_names_each_outcome(tmp_path, se
 def test_an_artifact_with_no_published_mirror_asks_no_one(tmp_path, server):
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server, published=False))}))
     with pytest.raises(MirrorsExhausted, match=r"corpus has no published mirror yet \(url: unpublished\)"):
-        fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"))
+        Store(manifest, tmp_path / "cache").fetch("corpus")
     assert server.log == []
 
 
@@ -119,18 +118,18 @@ def test_mirror_type_forces_one_kind_and_unknown_kinds_are_refused(tmp_path, ser
     local = tmp_path / "input.txt"
     local.write_bytes(corpus)
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server), {"type": "local", "path": "input.txt"})}))
-    fetched = fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"), mirror_type="local")
-    assert fetched.mirror == f"local {local}" and server.log == []
+    fetched = Store(manifest, tmp_path / "cache").fetch("corpus", mirror_type="local")
+    assert fetched.origin == f"local {local}" and server.log == []
     with pytest.raises(BadInput, match="corpus has no hf mirror"):
-        fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "other"), mirror_type="hf")
+        Store(manifest, tmp_path / "other").fetch("corpus", mirror_type="hf")
     with pytest.raises(BadInput, match="unknown mirror type 'ftp'"):
-        fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "other"), mirror_type="ftp")
+        Store(manifest, tmp_path / "other").fetch("corpus", mirror_type="ftp")
 
 
 def test_a_local_mirror_of_the_wrong_size_is_skipped_before_copying(tmp_path, server, corpus):
     (tmp_path / "old.txt").write_bytes(corpus[:5000])
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact({"type": "local", "path": "old.txt"}, url(server))}))
-    fetched = fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"))
+    fetched = Store(manifest, tmp_path / "cache").fetch("corpus")
     assert [o.status for o in fetched.outcomes] == ["disagrees: provider size ≠ manifest", "ok"]
 
 
@@ -145,7 +144,7 @@ def test_hub_sha256_disagreeing_with_the_manifest_is_skipped_without_a_byte_move
     hub = {"type": "hf", "repo": "org/replaced", "filename": "input.txt", "endpoint": hub_emulator.origin}
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(hub, url(server), size=None)}))
 
-    fetched = fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"))
+    fetched = Store(manifest, tmp_path / "cache").fetch("corpus")
 
     assert [o.status for o in fetched.outcomes] == ["disagrees: provider sha256 ≠ manifest", "ok"]
     assert "the manifest says " + CORPUS_SHA256 in fetched.outcomes[0].detail
@@ -162,8 +161,8 @@ def test_hub_sha256_checks_the_bytes_when_the_manifest_has_none(tmp_path, corpus
     cache = Cache(tmp_path / "cache")
 
     with pytest.raises(MirrorsExhausted, match=r"\(hf: hash mismatch\)"):
-        fetch("corpus", manifest=manifest, cache=cache)
-    fetched = fetch("corpus", manifest=manifest, cache=cache)
+        Store(manifest, cache.root).fetch("corpus")
+    fetched = Store(manifest, cache.root).fetch("corpus")
 
     assert (fetched.sha256, fetched.pinned, fetched.pin) == (CORPUS_SHA256, False, "unpinned (provider sha256)")
 
@@ -175,26 +174,26 @@ def test_offline_uses_the_cache_only(tmp_path, server, monkeypatch):
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server))}))
     cache = Cache(tmp_path / "cache")
     with pytest.raises(MirrorsExhausted, match=r"not in the cache .* offline mode .*`phasegpt-ckpt import corpus FILE`"):
-        fetch("corpus", manifest=manifest, cache=cache, offline=True)
+        Store(manifest, cache.root, offline=True).fetch("corpus")
     assert server.log == []
 
-    fetch("corpus", manifest=manifest, cache=cache)
+    Store(manifest, cache.root).fetch("corpus")
     cache.path(manifest.artifact("corpus")).unlink()  # the readable name is restored from the blob
     monkeypatch.setenv("PHASEGPT_OFFLINE", "1")
-    again = fetch("corpus", manifest=manifest, cache=cache)
+    again = Store(manifest, cache.root).fetch("corpus")
 
     assert again.from_cache and again.path.read_bytes() and len(gets(server)) == 1
-    assert (again.mirror, again.pin) == (f"url {server.url(PATH)}", "pinned (manifest sha256)")
+    assert (again.origin, again.pin) == (f"url {server.url(PATH)}", "pinned (manifest sha256)")
 
 
 def test_a_manifest_pinning_other_bytes_invalidates_the_cached_copy(tmp_path, server, corpus):
     cache = Cache(tmp_path / "cache")
-    fetch("corpus", manifest=load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server))})), cache=cache)
+    Store(load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server))})), cache.root).fetch("corpus")
     new = corpus + b"\nTHE END\n"
     server.files[PATH].replace(new)
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(
         url(server), sha256=hashlib.sha256(new).hexdigest(), size=len(new))}))
-    fetched = fetch("corpus", manifest=manifest, cache=cache)
+    fetched = Store(manifest, cache.root).fetch("corpus")
     assert not fetched.from_cache and fetched.path.read_bytes() == new and len(gets(server)) == 2
 
 
@@ -203,25 +202,25 @@ def test_dest_places_a_read_only_hard_link_of_the_verified_blob(tmp_path, server
     cache = Cache(tmp_path / "cache")
     dest = tmp_path / "checkpoints"
     for _ in range(2):  # the second call finds the file already in place
-        fetched = fetch("corpus", manifest=manifest, cache=cache, dest=dest)
+        fetched = Store(manifest, cache.root).fetch("corpus", dest=dest)
     assert fetched.path == dest / "input.txt" and fetched.path.read_bytes() == corpus
     assert os.path.samefile(fetched.path, cache.blob(CORPUS_SHA256))
     assert not os.stat(fetched.path).st_mode & 0o222  # editing it in place would corrupt the cache
     assert [p.name for p in dest.iterdir()] == ["input.txt"]
 
 
-def test_unknown_sha256_is_recorded_as_trust_on_first_use(tmp_path, server, corpus, capsys):
+def test_unknown_sha256_is_recorded_as_trust_on_first_use(tmp_path, server, corpus, caplog):
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server), sha256=None, size=None)}))
     cache = Cache(tmp_path / "cache")
 
-    first = fetch("corpus", manifest=manifest, cache=cache)
+    first = Store(manifest, cache.root).fetch("corpus")
     assert (first.sha256, first.pinned, first.pin) == (CORPUS_SHA256, False, TOFU)
     assert cache.receipt("corpus").pin == TOFU and not cache.receipt("corpus").pinned
-    assert "trust on first use" in capsys.readouterr().err
+    assert any(r.levelname == "WARNING" and "trust on first use" in r.getMessage() for r in caplog.records)
 
     server.files[PATH].replace(corpus[::-1])  # upstream changes: the first download stays the reference
-    assert fetch("corpus", manifest=manifest, cache=cache).sha256 == CORPUS_SHA256
-    verdict = verify("corpus", manifest=manifest, cache=cache)
+    assert Store(manifest, cache.root).fetch("corpus").sha256 == CORPUS_SHA256
+    verdict = Store(manifest, cache.root).verify("corpus")
     assert verdict.ok and not verdict.pinned
     assert [(c.check, c.status) for c in verdict.checks] == [
         ("size (manifest)", "not published"), ("sha256 (manifest)", "not published"), ("sha256 (receipt)", "ok")]
@@ -237,7 +236,7 @@ def test_a_part_left_by_an_earlier_run_is_resumed_by_fetch(tmp_path, server, cor
                  policy=RetryPolicy(attempts=1))
     assert part.stat().st_size == 400_000
 
-    fetched = fetch("corpus", manifest=manifest, cache=cache)
+    fetched = Store(manifest, cache.root).fetch("corpus")
 
     assert fetched.path.read_bytes() == corpus and gets(server)[-1].range == "bytes=400000-"
     assert leftovers(cache) == []
@@ -253,7 +252,7 @@ def test_eight_threads_fetching_one_artifact_transfer_it_once(tmp_path, server, 
 
     def one_caller():
         try:
-            results.append(fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache")))
+            results.append(Store(manifest, tmp_path / "cache").fetch("corpus"))
         except Exception as err:  # reported below, with the others' results
             errors.append(err)
 
@@ -269,7 +268,7 @@ def test_eight_threads_fetching_one_artifact_transfer_it_once(tmp_path, server, 
 
 
 def _fetch_in_child(manifest_path: str, cache_root: str, answers) -> None:
-    fetched = fetch("corpus", manifest=load_manifest(manifest_path), cache=Cache(cache_root))
+    fetched = Store(load_manifest(manifest_path), cache_root).fetch("corpus")
     answers.put((fetched.from_cache, fetched.sha256))
 
 
@@ -300,32 +299,32 @@ def test_import_checks_a_local_copy_and_refuses_a_wrong_one(tmp_path, corpus_pat
     wrong.write_bytes(corpus.replace(b"ROMEO", b"JULIE"))  # same size, other bytes
 
     with pytest.raises(VerificationFailed, match=f"input.txt is not tinyshakespeare: .*expected sha256 {CORPUS_SHA256}"):
-        import_file("tinyshakespeare", wrong, manifest=manifest, cache=cache)
+        Store(manifest, cache.root).import_file("tinyshakespeare", wrong)
     assert cache.receipt("tinyshakespeare") is None and leftovers(cache) == []
     with pytest.raises(BadInput, match="is not a file"):
-        import_file("tinyshakespeare", tmp_path / "absent.txt", manifest=manifest, cache=cache)
+        Store(manifest, cache.root).import_file("tinyshakespeare", tmp_path / "absent.txt")
 
-    imported = import_file("tinyshakespeare", corpus_path, manifest=manifest, cache=cache)
+    imported = Store(manifest, cache.root).import_file("tinyshakespeare", corpus_path)
     assert (imported.sha256, imported.pinned) == (CORPUS_SHA256, True)
-    assert fetch("tinyshakespeare", manifest=manifest, cache=cache, offline=True).from_cache
+    assert Store(manifest, cache.root, offline=True).fetch("tinyshakespeare").from_cache
 
 
 def test_locate_names_paths_and_nonsense(tmp_path, server, corpus):
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server))}))
     cache = Cache(tmp_path / "cache")
-    by_name = locate("corpus", manifest=manifest, cache=cache)
+    by_name = Store(manifest, cache.root).locate("corpus")
     assert (by_name.artifact.name, by_name.sha256, by_name.path.read_bytes()) == ("corpus", CORPUS_SHA256, corpus)
 
-    placed = fetch("corpus", manifest=manifest, cache=cache, dest=tmp_path / "out").path
-    assert locate(str(placed), manifest=manifest, cache=cache).sha256 == CORPUS_SHA256  # a hard link: known
+    placed = Store(manifest, cache.root).fetch("corpus", dest=tmp_path / "out").path
+    assert Store(manifest, cache.root).locate(str(placed)).sha256 == CORPUS_SHA256  # a hard link: known
     stranger = tmp_path / "mine.pt"
     stranger.write_bytes(b"my own run")
-    assert (locate(str(stranger), manifest=manifest, cache=cache).artifact,
-            locate(str(stranger), manifest=manifest, cache=cache).sha256) == (None, None)
+    assert (Store(manifest, cache.root).locate(str(stranger)).artifact,
+            Store(manifest, cache.root).locate(str(stranger)).sha256) == (None, None)
     with pytest.raises(BadInput, match="is a directory"):
-        locate(str(tmp_path), manifest=manifest, cache=cache)
+        Store(manifest, cache.root).locate(str(tmp_path))
     with pytest.raises(BadInput, match="neither an artifact of the manifest \\(corpus\\) nor an existing file"):
-        locate("nope", manifest=manifest, cache=cache)
+        Store(manifest, cache.root).locate("nope")
 
 
 # -- verify ---------------------------------------------------------------------------------------
@@ -343,9 +342,9 @@ def test_verify_cross_checks_manifest_receipt_and_metadata(tmp_path, server, cor
     manifest = load_manifest(metadata_server_manifest(tmp_path, server, {
         "sha256": CORPUS_SHA256, "file_size_mb": 1.1, "doi": "10.5281/zenodo.XXXXXXX"}))
     cache = Cache(tmp_path / "cache")
-    fetch("corpus", manifest=manifest, cache=cache)
+    Store(manifest, cache.root).fetch("corpus")
 
-    verdict = verify("corpus", manifest=manifest, cache=cache)
+    verdict = Store(manifest, cache.root).verify("corpus")
 
     assert verdict.ok and verdict.pinned
     assert [(c.check, c.status) for c in verdict.checks] == [
@@ -353,31 +352,31 @@ def test_verify_cross_checks_manifest_receipt_and_metadata(tmp_path, server, cor
         ("sha256 (metadata corpus_info)", "ok"), ("size (metadata corpus_info)", "ok")]
     copy = tmp_path / "copy.txt"
     copy.write_bytes(corpus)  # not a link: recognised by its sha256
-    assert verify(str(copy), manifest=manifest, cache=cache).artifact.name == "corpus"
-    assert [v.subject for v in verify_cached(manifest=manifest, cache=cache)] == ["corpus", "corpus_info"]
+    assert Store(manifest, cache.root).verify(str(copy)).artifact.name == "corpus"
+    assert [v.subject for v in Store(manifest, cache.root).verify_cached()] == ["corpus", "corpus_info"]
 
 
 def test_verify_reports_metadata_that_disagrees_or_is_not_published(tmp_path, server, corpus):
     manifest = load_manifest(metadata_server_manifest(tmp_path, server, {"sha256": "[hash]", "file_size_mb": 970}))
     cache = Cache(tmp_path / "cache")
-    fetch("corpus", manifest=manifest, cache=cache)
-    rows = {c.check: c.status for c in verify("corpus", manifest=manifest, cache=cache).checks}
+    Store(manifest, cache.root).fetch("corpus")
+    rows = {c.check: c.status for c in Store(manifest, cache.root).verify("corpus").checks}
     assert rows["sha256 (metadata corpus_info)"] == "not published" and rows["size (metadata corpus_info)"] == "fail"
 
 
 def test_verify_finds_a_tampered_cache_file(tmp_path, server, corpus):
     manifest = load_manifest(write_manifest(tmp_path, {"corpus": corpus_artifact(url(server))}))
     cache = Cache(tmp_path / "cache")
-    path = fetch("corpus", manifest=manifest, cache=cache).path
+    path = Store(manifest, cache.root).fetch("corpus").path
     os.chmod(path, 0o644)
     with open(path, "r+b") as file:  # same size, one byte changed in place
         file.seek(1000)
         file.write(b"#")
 
-    verdict = verify("corpus", manifest=manifest, cache=cache)
+    verdict = Store(manifest, cache.root).verify("corpus")
 
     assert not verdict.ok and verdict.path == path
     assert {c.check for c in verdict.checks if c.status == "fail"} == {"sha256 (manifest)", "sha256 (receipt)"}
     assert cache.receipt("corpus") is None  # the corrupt copy is dropped: the next fetch renews it
-    renewed = fetch("corpus", manifest=manifest, cache=cache)
+    renewed = Store(manifest, cache.root).fetch("corpus")
     assert not renewed.from_cache and renewed.path.read_bytes() == corpus and len(gets(server)) == 2

@@ -10,10 +10,10 @@ import yaml
 from tiny_checkpoints import manifest_for, save_ours, save_published, tiny_model, training_dict
 
 from model import GPT2Config
+from phasegpt_ckpt import Store
+from phasegpt_ckpt.errors import BadInput, VerificationFailed
 from phasegpt_ckpt.models.checkpoint import convert, describe, export_config, load_checkpoint
 from phasegpt_ckpt.models.data import CharDataset
-from phasegpt_ckpt.errors import BadInput, VerificationFailed
-from phasegpt_ckpt.store.fetch import import_file
 from phasegpt_ckpt.source.manifest import load_manifest
 
 
@@ -73,15 +73,16 @@ def test_our_checkpoint_carries_vocab_and_coupling_mode(tmp_path, corpus_path):
     assert same_logits(ckpt.model, model)
 
 
-def test_vocabulary_comes_from_the_tinyshakespeare_artifact(tmp_path, corpus_path):
+def test_vocabulary_comes_from_the_corpus_given_else_the_bundled_one(tmp_path, corpus_path):
     path = save_published(tiny_model(), tmp_path / "ckpt.pt")
-    manifest = load_manifest(manifest_for(tmp_path, path, corpus_path))
-    import_file("tinyshakespeare", corpus_path, manifest=manifest)
+    store = Store(load_manifest(manifest_for(tmp_path, path, corpus_path)), tmp_path / "cache", offline=True)
 
-    ckpt = load_checkpoint(path, locate_options={"manifest": manifest, "offline": True})
+    given = store.load("tiny", data=corpus_path)
+    bundled = load_checkpoint(path)  # no corpus named, nothing fetched: the copy inside the package
 
-    assert ckpt.vocab == CharDataset(corpus_path).chars
-    assert "vocabulary from the tinyshakespeare artifact" in ckpt.inferred
+    assert given.vocab == bundled.vocab == CharDataset(corpus_path).chars
+    assert f"vocabulary from the corpus {corpus_path}" in given.inferred
+    assert "vocabulary from the tinyshakespeare corpus bundled with the package" in bundled.inferred
 
 
 def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, corpus_path, run_cli):
@@ -101,15 +102,20 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, corpus_path
     assert not marker.exists()
 
 
-def test_sha256_is_checked_before_any_unpickling(tmp_path, corpus_path):
+def test_a_cached_checkpoints_sha256_is_checked_before_any_unpickling(tmp_path, corpus_path):
     marker = tmp_path / "code-ran"
-    path = tmp_path / "hostile.pt"
-    torch.save({"model_state_dict": {}, "payload": RunsCode(marker)}, path)
+    good = save_ours(tiny_model(), tmp_path / "ckpt.pt", corpus_path)
+    store = Store(load_manifest(manifest_for(tmp_path, good, corpus_path)), tmp_path / "cache")
+    cached = store.fetch("tiny").path
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model_state_dict": {}, "payload": RunsCode(marker)}, hostile)
+    swapped = hostile.read_bytes().ljust(cached.stat().st_size, b"\0")  # same size: only the hash tells
+    cached.chmod(0o644)
+    cached.write_bytes(swapped)
 
-    with pytest.raises(VerificationFailed, match="sha256 .* expected 0{64}; not loading it"):
-        load_checkpoint(path, expected_sha256="0" * 64, data=corpus_path)
-    with pytest.raises(VerificationFailed, match="sha256 .* expected 0{64}; not loading it"):
-        describe(path, expected_sha256="0" * 64)  # what `info` of a cached artifact runs
+    for attempt in (lambda: store.load("tiny"), lambda: store.info("tiny"), lambda: store.analyze("tiny")):
+        with pytest.raises(VerificationFailed, match="sha256 .* expected [0-9a-f]{64}; not (loading|reading) it"):
+            attempt()
     assert not marker.exists()
 
 

@@ -83,3 +83,14 @@ def test_loader_batches_are_targets_shifted_by_one(corpus_path):
     x, y = next(iter(train_loader))
     assert x.shape == y.shape == (4, 32)
     assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_the_bundled_corpus_is_tiny_shakespeare_byte_for_byte(corpus_path):
+    import hashlib
+
+    from conftest import CORPUS_SHA256
+    from phasegpt_ckpt.models.data import BUNDLED_CORPUS, corpus_or_bundled
+
+    assert corpus_or_bundled(None) == BUNDLED_CORPUS and BUNDLED_CORPUS.stat().st_size < 500_000  # shipped compressed
+    text = CharDataset(BUNDLED_CORPUS).text
+    assert hashlib.sha256(text.encode()).hexdigest() == CORPUS_SHA256 == hashlib.sha256(corpus_path.read_bytes()).hexdigest()

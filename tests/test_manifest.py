@@ -46,7 +46,9 @@ def test_shipped_manifest_carries_the_seed_and_corpus_facts():
     corpus = manifest.artifact("tinyshakespeare")
     assert f"| size | {corpus.size:,} bytes |" in corpus_facts
     assert f"| sha256 | `{corpus.sha256}` |" in corpus_facts
-    assert corpus.mirrors[0].url.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
+    bundled, github = corpus.mirrors  # the copy inside the package first: no network needed
+    assert (bundled.type, bundled.compression, bundled.path.is_file()) == ("local", "gzip", True)
+    assert github.url.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
 
     best = manifest.artifact()  # the default
     assert best.name == "best_model" and best.sha256 is None and best.metadata == "best_model_info"

@@ -9,10 +9,10 @@ trusted.
 from __future__ import annotations
 
 import hashlib
-import re
 import sys
 import time
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import gdown
 import huggingface_hub.constants
@@ -23,13 +23,13 @@ from emulators.fileserver import Faults, FileServer
 from emulators.gdrive import gdown_routed_to
 from emulators.zenodo import ZenodoEmulator
 
-from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt import Store
 from phasegpt_ckpt.errors import MirrorFailed, MirrorsExhausted
-from phasegpt_ckpt.store.fetch import fetch
 from phasegpt_ckpt.source.manifest import Manifest
 from phasegpt_ckpt.source.mirrors import gdrive, hf, osf, zenodo
-from phasegpt_ckpt.source.web import reroute
 from phasegpt_ckpt.source.transfer import RetryPolicy
+from phasegpt_ckpt.source.web import reroute
+from phasegpt_ckpt.store.cache import Cache
 
 DRIVE_ID = "1PhaseGptBestModelCheckpoint0123456"
 DROP_AT = 300_000  # bytes sent before a dropped connection
@@ -52,7 +52,7 @@ def fetch_one(tmp_path: Path, mirror: dict, sha256: str | None = CORPUS_SHA256, 
     manifest = Manifest.model_validate({"version": 1, "artifacts": {"corpus": {
         "kind": "dataset", "filename": "input.txt", "sha256": sha256, "mirrors": [mirror]}}})
     root = tmp_path / "cache"
-    return fetch("corpus", manifest=manifest, cache=Cache(root), policy=policy), root
+    return Store(manifest, root).fetch("corpus", policy=policy), root
 
 
 def failure(provider, mirror) -> MirrorFailed:
@@ -431,21 +431,27 @@ def test_osf_resumes_after_a_dropped_connection(osf_emulator, corpus, tmp_path):
     assert (resumed.range, resumed.if_range, resumed.status) == (f"bytes={DROP_AT}-", stored.blob.last_modified, 206)
 
 
-def test_osf_listing_filters_before_paging(osf_emulator, corpus):
-    osf_project(osf_emulator, corpus)  # run00.log ... run11.log and the folder checkpoints/ at the root
-    root = osf_emulator.url("/v2/nodes/phgpt/files/osfstorage/")
+def test_osf_listing_filters_before_paging(osf_emulator, corpus, tmp_path):
+    """A big folder is never paged through whole: resolve asks with filter[name], keeps it on every
+    page it follows, and of what OSF's substring filter lets through takes the exact name only."""
+    osf_emulator.add_node("phgpt")
+    for n in range(120):  # what the filter keeps out: 12 pages of 10 unfiltered
+        osf_emulator.put("phgpt", f"checkpoints/epoch_{n:03d}.pt", b"epoch %d\n" % n)
+    decoys = ["INPUT.TXT", "input.txt.bak", *(f"old-input.txt-{n}" for n in range(10))]
+    for n, name in enumerate(decoys):  # let through by the filter (a substring, any case), listed first
+        osf_emulator.put("phgpt", f"checkpoints/{name}", b"not the corpus %d\n" % n)
+    stored = osf_emulator.put("phgpt", "checkpoints/input.txt", corpus)  # 13th match: on the second page
 
-    def names(params: dict) -> tuple[list[str], int, str | None]:
-        page = requests.get(root, params=params).json()
-        return [e["attributes"]["name"] for e in page["data"]], page["meta"]["total"], page["links"]["next"]
+    fetched, _ = fetch_one(tmp_path, {"type": "osf", "node": "phgpt", "path": "checkpoints/input.txt",
+                                      "endpoint": osf_emulator.origin})
 
-    assert names({"filter[name]": "RUN03"}) == (["run03.log"], 1, None)  # a substring, any case
-    assert names({"filter[name][eq]": "run0"}) == ([], 0, None)
-    assert names({"filter[kind]": "folder"}) == (["checkpoints"], 1, None)
-    first, total, following = names({"filter[name]": "run"})
-    assert (len(first), total) == (10, 12) and "filter%5Bname%5D=run" in following  # the filter stays on
-    rest = requests.get(following).json()["data"]
-    assert [e["attributes"]["name"] for e in rest] == ["run10.log", "run11.log"]
+    assert fetched.sha256 == CORPUS_SHA256 and fetched.path.read_bytes() == corpus
+    assert osf_emulator.web.log[0].path == f"/download/{stored.guid}/"  # the exact name, not a decoy
+    listings = [(r.path, parse_qs(r.query)) for r in osf_emulator.log if "/files/osfstorage/" in r.path]
+    root, folder = "/v2/nodes/phgpt/files/osfstorage/", listings[-1][0]
+    assert [path for path, _ in listings] == [root, folder, folder]  # 1 + ceil(13 / 10) pages, not 1 + 14
+    assert [query["filter[name]"] for _, query in listings] == [["checkpoints"], ["input.txt"], ["input.txt"]]
+    assert [query.get("page") for _, query in listings] == [None, None, ["2"]]  # links.next, filter kept on
 
 
 def test_osf_mirror_needs_guid_or_node_and_path():
@@ -495,22 +501,34 @@ def test_gdown_itself_would_save_cookies_in_home(drive_emulator, corpus, tmp_pat
     assert cookies.is_file() and (tmp_path / "input.txt").read_bytes() == corpus
 
 
-def test_gdrive_confirm_uuid_works_only_for_the_file_it_was_issued_for(drive_emulator, corpus):
-    drive = drive_emulator
+def test_gdrive_confirm_uuid_works_only_for_the_file_it_was_issued_for(drive_emulator, corpus, tmp_path):
+    """Each fetch submits the virus-scan form of its own file's page, with the uuid issued for that
+    file; a page handing out another file's uuid gets the warning again, and resolve gives up
+    after MAX_PAGES with one line instead of taking a page for the file or asking forever."""
+    drive, other, small = drive_emulator, DRIVE_ID[:-1] + "7", corpus[:1000]
     drive.nid_cookie = True
-    other = DRIVE_ID[:-1] + "7"
     drive.add(DRIVE_ID, "input.txt", corpus, large=True)
-    drive.add(other, "other.txt", corpus[:1000], large=True)
-    page = requests.get(drive.url(f"/uc?id={DRIVE_ID}"))
-    assert page.history[0].status_code == 303 and "Virus scan warning" in page.text
-    assert re.fullmatch(r"NID=511=\w+; expires=.*; path=/; domain=\.google\.com; HttpOnly", page.headers["Set-Cookie"])
-    issued = re.search(r'name="uuid" value="([-\w]+)"', page.text).group(1)
+    drive.add(other, "other.txt", small, large=True)
 
-    def confirmed(file_id: str) -> requests.Response:
-        return requests.get(drive.content.url(f"/download?id={file_id}&export=download&confirm=t&uuid={issued}"))
+    fetched, _ = fetch_one(tmp_path / "a", drive_mirror(drive))
+    fetched_other, _ = fetch_one(tmp_path / "b", drive_mirror(drive, other), sha256=hashlib.sha256(small).hexdigest())
 
-    assert "Virus scan warning" in confirmed(other).text  # another file's uuid: the warning again
-    assert confirmed(DRIVE_ID).content == corpus
+    assert fetched.path.read_bytes() == corpus and fetched_other.path.read_bytes() == small
+    confirmed = [parse_qs(r.query) for r in drive.content.log if "uuid" in r.query]
+    assert [(q["id"], q["confirm"]) for q in confirmed] == [([DRIVE_ID], ["t"])] * 2 + [([other], ["t"])] * 2
+    assert all(drive.issued_uuids[q["uuid"][0]] == q["id"][0] for q in confirmed)  # each its own file's uuid
+
+    drive.drive_files[DRIVE_ID].uuid_for = other  # the page for DRIVE_ID now hands out other's uuid
+    seen = len(drive.content.log)
+    with pytest.raises(MirrorsExhausted) as exhausted:
+        fetch_one(tmp_path / "c", drive_mirror(drive))
+    (outcome,) = exhausted.value.outcomes
+    assert outcome.status == "bad answer" and f"kept answering pages instead of file {DRIVE_ID}" in outcome.detail
+    asked = drive.content.log[seen:]  # the first page, then each submitted form: no transfer began
+    assert len(asked) == gdrive.MAX_PAGES and "uuid" not in asked[0].query
+    assert [drive.issued_uuids[parse_qs(r.query)["uuid"][0]] for r in asked[1:]] == [other] * (gdrive.MAX_PAGES - 1)
+    cache = Cache(tmp_path / "c" / "cache")
+    assert not [p for p in cache.root.rglob("*") if p.is_file() and p.parent.name != "locks"], "a file was kept"
 
 
 @pytest.mark.parametrize("options, outcome, words", [
@@ -567,7 +585,7 @@ def public_osf(request, corpus) -> tuple[dict, list[FileServer]]:
 
 @pytest.mark.parametrize("variable, public", [("HF_TOKEN", public_hf), ("ZENODO_TOKEN", public_zenodo),
                                               ("OSF_TOKEN", public_osf)], ids=["hf", "zenodo", "osf"])
-def test_untrusted_endpoint_gets_no_token_and_is_asked_anonymously(request, corpus, tmp_path, monkeypatch, capsys,
+def test_untrusted_endpoint_gets_no_token_and_is_asked_anonymously(request, corpus, tmp_path, monkeypatch, caplog,
                                                                    variable, public):
     token = "tokenForThePublicServiceOnly0123"
     monkeypatch.setenv(variable, token)
@@ -577,6 +595,8 @@ def test_untrusted_endpoint_gets_no_token_and_is_asked_anonymously(request, corp
     assert fetched.sha256 == CORPUS_SHA256
     seen = [r for server in servers for r in server.log]
     assert seen and all(r.authorization is None and token not in r.query for r in seen)
-    err = capsys.readouterr().err
-    assert f"warning: not sending {variable} to {mirror['endpoint']}: " in err and "PHASEGPT_TRUSTED_ENDPOINTS" in err
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    err = "\n".join(warnings)
+    assert any(w.startswith(f"not sending {variable} to {mirror['endpoint']}: ") for w in warnings)
+    assert "PHASEGPT_TRUSTED_ENDPOINTS" in err
     assert token not in err

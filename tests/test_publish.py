@@ -5,18 +5,17 @@ import hashlib
 import json
 
 import pytest
+from conftest import CORPUS_SHA256
 from tiny_checkpoints import save_ours, tiny_model
 
-from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt import Store
 from phasegpt_ckpt.errors import VerificationFailed
-from phasegpt_ckpt.store.fetch import fetch
-from phasegpt_ckpt.source.manifest import load_manifest
 from phasegpt_ckpt.proof.metadata import load_metadata
+from phasegpt_ckpt.source.manifest import load_manifest
 from phasegpt_ckpt.source.mirrors.osf import OsfMirror
 from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
+from phasegpt_ckpt.store.cache import Cache
 from phasegpt_ckpt.store.publish import publish
-
-from conftest import CORPUS_SHA256
 
 LAB_MANIFEST = """\
 # Our lab's checkpoints: published with phasegpt-ckpt publish, edited by hand too.
@@ -132,8 +131,7 @@ def test_a_record_replaces_its_placeholder_in_place_and_serves_the_file(lab, zen
     md5 = hashlib.md5(old.read_bytes()).hexdigest()  # Zenodo publishes md5 only: fetch checks it up front
     assert entry.md5 == md5 and f"md5: {md5}" in entry_text
 
-    fetched = fetch("old", manifest=load_manifest(manifest), cache=Cache(manifest.parent / "fresh"),
-                    mirror_type="zenodo")
+    fetched = Store(load_manifest(manifest), manifest.parent / "fresh").fetch("old", mirror_type="zenodo")
     assert fetched.pinned and fetched.path.read_bytes() == old.read_bytes()
 
 
@@ -154,8 +152,7 @@ def test_a_record_holding_other_bytes_is_refused_and_nothing_is_written(lab, zen
     assert manifest.read_text() == original and not (manifest.parent / "tiny_info.json").exists()
 
     publish(checkpoint, "tiny", manifest=manifest, records=[OsfMirror(guid=right.guid, endpoint=osf_emulator.origin)])
-    fetched = fetch("tiny", manifest=load_manifest(manifest), cache=Cache(manifest.parent / "fresh"),
-                    mirror_type="osf")
+    fetched = Store(load_manifest(manifest), manifest.parent / "fresh").fetch("tiny", mirror_type="osf")
     assert fetched.pinned and fetched.path.read_bytes() == data
 
 
@@ -187,7 +184,7 @@ def test_upload_to_the_hub_pins_the_commit_and_a_fresh_fetch_verifies(tmp_path, 
 
     cache = Cache(tmp_path / "fresh")
     for name, local in (("tiny", checkpoint), ("tiny_info", checkpoint.with_name("best_info.json"))):
-        fetched = fetch(name, manifest=load_manifest(manifest), cache=cache)
+        fetched = Store(load_manifest(manifest), cache.root).fetch(name)
         assert fetched.pinned and fetched.path.read_bytes() == local.read_bytes()
 
 

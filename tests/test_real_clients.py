@@ -24,8 +24,7 @@ from emulators.fileserver import Faults
 from emulators.gdrive import gdown_routed_to
 from gdown.exceptions import DownloadError, FileURLRetrievalError
 
-from phasegpt_ckpt.store.cache import Cache
-from phasegpt_ckpt.store.fetch import fetch
+from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import Manifest
 
 pytestmark = pytest.mark.clients
@@ -240,6 +239,6 @@ def test_our_hf_client_fetches_a_whole_file_from_olah(olah, corpus, tmp_path):
     manifest = Manifest.model_validate({"version": 1, "artifacts": {"corpus": {
         "kind": "dataset", "filename": "input.txt", "size": len(corpus), "sha256": CORPUS_SHA256,
         "mirrors": [{"type": "hf", "repo": "org/ckpt", "filename": "input.txt", "endpoint": olah}]}}})
-    fetched = fetch("corpus", manifest=manifest, cache=Cache(tmp_path / "cache"))
+    fetched = Store(manifest, tmp_path / "cache").fetch("corpus")
     assert fetched.sha256 == CORPUS_SHA256 and fetched.path.read_bytes() == corpus
     assert fetched.outcomes[-1].status == "ok"

@@ -21,9 +21,8 @@ from emulators.fileserver import Faults, FileServer
 from emulators.osf import OsfEmulator
 from emulators.zenodo import ZenodoEmulator
 
-from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt import Store
 from phasegpt_ckpt.errors import MirrorsExhausted
-from phasegpt_ckpt.store.fetch import fetch
 from phasegpt_ckpt.source.manifest import load_manifest
 from phasegpt_ckpt.source.transfer import RetryPolicy
 
@@ -73,8 +72,7 @@ def cli_fetch(run_cli, tmp_path: Path, mirror: dict) -> tuple[int, str]:
 def api_fetch(tmp_path: Path, mirror: dict) -> str:
     """``fetch`` through the Python API with short timeouts; the text of the error it raised."""
     with pytest.raises(MirrorsExhausted) as failed:
-        fetch("corpus", manifest=load_manifest(write_manifest(tmp_path, mirror)), cache=Cache(tmp_path / "cache"),
-              policy=FAST)
+        Store(load_manifest(write_manifest(tmp_path, mirror)), tmp_path / "cache").fetch("corpus", policy=FAST)
     err = failed.value
     return "\n".join([str(err), repr(err), *(f"{o.status} {o.detail}" for o in err.outcomes)])
 
@@ -225,8 +223,7 @@ def test_osf_private_file_downloads_with_the_token_sent_only_where_the_api_point
 def test_osf_token_never_follows_a_redirect_off_waterbutler(corpus, tmp_path, caplog, monkeypatch):
     with FileServer() as storage, OsfBehindStorage(storage) as osf:
         mirror = private_project(osf, corpus, monkeypatch)
-        fetched = fetch("corpus", manifest=load_manifest(write_manifest(tmp_path, mirror)),
-                        cache=Cache(tmp_path / "cache"), policy=FAST)
+        fetched = Store(load_manifest(write_manifest(tmp_path, mirror)), tmp_path / "cache").fetch("corpus", policy=FAST)
         assert fetched.sha256 == CORPUS_SHA256
         assert osf.wb.log and all(r.authorization == f"Bearer {OSF_TOKEN}" for r in osf.wb.log)
         assert storage.log and all(r.authorization is None for r in storage.log)

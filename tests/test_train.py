@@ -148,7 +148,10 @@ def test_every_file_loads_weights_only_and_carries_the_seed_layout(run_a):
     assert {"python", "torch", "sampler"} <= final["rng_state"].keys()
     assert final["schedule"]["planned_epochs"] == 3 and final["schedule"]["extensions"] == []
     assert set(final["config"]) >= {"model", "training", "data", "logging", "experiment"}
-    assert GPT2Model(**final["config"]["model"]).load_state_dict(final["model_state_dict"])  # the seed's snippet
+    model = GPT2Model(**final["config"]["model"])  # the seed's snippet
+    loaded = model.load_state_dict(final["model_state_dict"], strict=True)
+    assert loaded.missing_keys == [] and loaded.unexpected_keys == []
+    assert all(torch.equal(model.state_dict()[key], tensor) for key, tensor in final["model_state_dict"].items())
     assert (run_a / "training.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -248,7 +251,7 @@ def test_resume_refuses_an_epoch_count_already_reached(run_a, corpus_path):
         resume(run_a / "final_model.pt", epochs=3, data=corpus_path, device="cpu")
 
 
-def test_resuming_a_published_layout_checkpoint_says_what_it_could_not_restore(run_a, corpus_path, tmp_path, capsys):
+def test_resuming_a_published_layout_checkpoint_says_what_it_could_not_restore(run_a, corpus_path, tmp_path, caplog):
     ours = torch.load(run_a / "epoch_2.pt", weights_only=True)
     published_config = {**ours["config"], "model": {k: v for k, v in ours["config"]["model"].items()
                                                      if k != "coupling_mode"} | {"type": "gpt2", "n_sync_steps": 5}}
@@ -259,8 +262,9 @@ def test_resuming_a_published_layout_checkpoint_says_what_it_could_not_restore(r
     published["scheduler_state_dict"] = {**ours["scheduler_state_dict"], "lr_lambdas": [None, None]}  # a closure
     published["config"] = published_config
     torch.save(published, tmp_path / "best_model.pt")
+    caplog.set_level("INFO", logger="phasegpt_ckpt")
     result = resume(tmp_path / "best_model.pt", epochs=3, data=corpus_path, device="cpu")
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "could not restore" in err and "python RNG" in err and "data sampler position" in err
     assert "training.patience" in err  # a published key this trainer does not use
     assert "coupling mode 'original'" in err
@@ -269,7 +273,7 @@ def test_resuming_a_published_layout_checkpoint_says_what_it_could_not_restore(r
     assert final["coupling_mode"] == "original" and final["config"]["training"]["steps_per_epoch"] == STEPS_PER_EPOCH
 
 
-def test_the_seeds_resume_snippet_runs(run_a, corpus_path, tmp_path, capsys):
+def test_the_seeds_resume_snippet_runs(run_a, corpus_path, tmp_path, caplog):
     # checkpoints-README.md "Resume Training", imports mapped (src.train -> phasegpt_ckpt.training.train, ...)
     checkpoint = torch.load(run_a / "epoch_2.pt")
     model = GPT2Model(**checkpoint["config"]["model"])
@@ -285,7 +289,7 @@ def test_the_seeds_resume_snippet_runs(run_a, corpus_path, tmp_path, capsys):
                       scheduler=scheduler, device="cpu", save_dir=tmp_path)
     result = trainer.train(start_epoch=start_epoch, total_epochs=4)
     assert result.epoch == 4 and (tmp_path / "final_model.pt").is_file()
-    assert "not the published warmup-cosine" in capsys.readouterr().err
+    assert "not the published warmup-cosine" in caplog.text
 
 
 # -- the command line: SIGINT -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The ``phasegpt-ckpt`` command line: parse, call the Python API, print. Nothing else.
+"""The ``phasegpt-ckpt`` command line: parse, call the :class:`~phasegpt_ckpt.Store`, render. Nothing else.
 
 Exit codes: 0 ok · 1 verification failed · 2 bad input · 3 every mirror failed · 130 interrupted.
 """
@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from phasegpt_ckpt import console
-from phasegpt_ckpt.errors import PhasegptError
+from phasegpt_ckpt.cli import render as console
+from phasegpt_ckpt.errors import MirrorsExhausted, PhasegptError
 
 INTERRUPTED = 130  # the exit code of a run stopped by Ctrl-C or SIGTERM
 
@@ -47,33 +47,40 @@ def _global(
     offline: bool = typer.Option(
         False, "--offline", envvar="PHASEGPT_OFFLINE", help="Use the cache and local mirrors only; never touch the network."
     ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or status lines on stderr."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, status lines, warnings or tables on "
+                               "stderr: results and the one error line only."),
 ) -> None:
     options.manifest, options.cache_dir, options.offline = manifest, cache_dir, offline
-    console.quiet = quiet
+    console.setup(quiet)
 
 
 # -- distribution: list, fetch, verify, info, import ----------------------------------------------
 # Engine modules are imported inside the commands: `--help` and unrelated commands stay fast.
 
 JSON_OUTPUT = typer.Option(False, "--json", help="Print one JSON document on stdout.")
-DATA_OPTION = typer.Option(None, "--data", help="Corpus text file (default: the verified tinyshakespeare artifact).")
+DATA_OPTION = typer.Option(None, "--data", help="Corpus text file (default: the verified tinyshakespeare artifact, "
+                           "bundled with the package).")
 DEVICE_OPTION = typer.Option("auto", "--device", help="auto (cuda, then mps, then cpu), cpu, cuda or mps; "
                              "CUDA runs in bf16 autocast.")
 MODEL_CONFIG_OPTION = typer.Option(None, "--config", help="Model config YAML, for a bare state dict whose "
                                    "shapes do not tell it (n_heads without a phase layer).")
 
 
-def _manifest():
-    from phasegpt_ckpt.source.manifest import load_manifest
+def _store():
+    """The Store of the global options, drawing progress bars when stderr is a terminal."""
+    from phasegpt_ckpt.store.store import Store
 
-    return load_manifest(options.manifest)
+    return Store(options.manifest, options.cache_dir, options.offline or None, progress=_bars())
 
 
-def _cache():
-    from phasegpt_ckpt.store.cache import Cache
+def _bars():
+    global _open_bars
+    if _open_bars is None and console.show_progress():
+        _open_bars = console.Bars()
+    return _open_bars
 
-    return Cache(options.cache_dir)
+
+_open_bars = None
 
 
 @app.command("list")
@@ -81,9 +88,7 @@ def list_artifacts(json_output: bool = JSON_OUTPUT) -> None:
     """Every artifact of the manifest: kind, whether it is cached, and its mirrors."""
     from rich.table import Table
 
-    from phasegpt_ckpt.store.fetch import list_artifacts as rows_of
-
-    rows = rows_of(manifest=_manifest(), cache=_cache())
+    rows = _store().list()
     if json_output:
         return console.print_json(rows)
     unpublished = any(not m["published"] for row in rows for m in row["mirrors"])
@@ -114,27 +119,19 @@ def fetch(
     """Download artifacts from their first working mirror, verified, into the cache."""
     from dataclasses import asdict
 
-    from phasegpt_ckpt.errors import MirrorsExhausted
-    from phasegpt_ckpt.store.fetch import fetch as fetch_artifact
-
-    manifest, cache, documents, failure = _manifest(), _cache(), [], None
-    for name in names or []:
-        manifest.artifact(name)  # every name is checked before anything moves
-    for name in names or [None]:
-        try:
-            fetched = fetch_artifact(name, manifest=manifest, cache=cache, mirror_type=mirror,
-                                     offline=options.offline, dest=dest)
-        except MirrorsExhausted as err:
-            _show_outcomes(err.outcomes)
-            documents.append({"name": name or manifest.default, "error": str(err),
-                              "outcomes": [asdict(o) for o in err.outcomes]})
-            failure = failure or err
+    store = _store()
+    documents, failure = [], None
+    for result in store.fetch_all(names or [store.manifest.artifact().name], mirror_type=mirror, dest=dest):
+        if isinstance(result, MirrorsExhausted):
+            _show_outcomes(result.outcomes)
+            documents.append({"name": result.name, "error": str(result), "outcomes": [asdict(o) for o in result.outcomes]})
+            failure = failure or result
             continue
-        documents.append(asdict(fetched))
-        if any(outcome.status != "ok" for outcome in fetched.outcomes):
-            _show_outcomes(fetched.outcomes)  # say which mirrors were skipped, and why
+        documents.append(asdict(result))
+        if any(outcome.status != "ok" for outcome in result.outcomes):
+            _show_outcomes(result.outcomes)  # say which mirrors were skipped, and why
         if not json_output:
-            _print_fetched(fetched)
+            _print_fetched(result)
     if json_output:
         console.print_json(documents)
     if failure:
@@ -150,9 +147,7 @@ def import_artifact(
     """Check a local file against the manifest and put it in the cache (air-gapped machines, CI)."""
     from dataclasses import asdict
 
-    from phasegpt_ckpt.store.fetch import import_file
-
-    imported = import_file(name, path, manifest=_manifest(), cache=_cache())
+    imported = _store().import_file(name, path)
     if json_output:
         return console.print_json(asdict(imported))
     _print_fetched(imported)
@@ -176,36 +171,26 @@ def verify(
 
     With --eval, also what a checkpoint does: validation loss, PPL and R against the claims."""
     from phasegpt_ckpt.errors import VerificationFailed
-    from phasegpt_ckpt.proof.verify import verify as verify_ref, verify_cached
 
-    manifest, cache = _manifest(), _cache()
+    store = _store()
+    evaluation = dict(evaluate=evaluate, data=data, device=device, causality=causality,
+                      causality_windows=causality_windows, config=model_config)
     if refs:
-        verdicts = [verify_ref(ref, manifest=manifest, cache=cache, offline=options.offline) for ref in refs]
+        verdicts = [store.verify(ref, **evaluation) for ref in refs]
     else:
-        verdicts = verify_cached(manifest=manifest, cache=cache, offline=options.offline)
+        verdicts = store.verify_cached(**evaluation)
         if not verdicts:
-            console.log(f"nothing cached in {cache.root} to verify")
-    reports = {}
-    if evaluate or causality:
-        from phasegpt_ckpt.models.evaluate import evaluate_verdict
-
-        for verdict in verdicts:
-            if verdict.ok and (verdict.artifact is None or verdict.artifact.kind == "checkpoint"):
-                console.log(f"evaluating {verdict.subject} on the validation split ...")
-                reports[id(verdict)] = evaluate_verdict(
-                    verdict, manifest=manifest, cache=cache, offline=options.offline, data=data, device=device,
-                    causality=causality, causality_windows=causality_windows, config=model_config)
+            console.LOGGER.info(f"nothing cached in {store.cache.root} to verify")
     if json_output:
-        console.print_json([{**verdict.as_dict(), **({"evaluation": reports[id(verdict)].to_dict()}
-                                                    if id(verdict) in reports else {})} for verdict in verdicts])
+        console.print_json([verdict.as_dict() for verdict in verdicts])
     else:
         for verdict in verdicts:
             _print_verdict(verdict)
-            if id(verdict) in reports:
-                _print_evaluation(reports[id(verdict)])
+            if verdict.evaluation is not None:
+                _print_evaluation(verdict.evaluation)
     failed = [verdict for verdict in verdicts if not verdict.ok]
     if failed:
-        first = next(check for check in failed[0].checks if check.status == "fail")
+        first = failed[0].first_failure()
         raise VerificationFailed(
             f"{', '.join(v.subject for v in failed)} failed verification: "
             f"{first.check} is {first.actual}, expected {first.expected}"
@@ -222,20 +207,7 @@ def info(
 
     For a checkpoint: epoch, step, best loss/PPL, parameters, phase layers, coupling mode, dtypes,
     and the bytes of weights vs optimizer state — read without loading a weight."""
-    from phasegpt_ckpt.models.checkpoint import describe
-    from phasegpt_ckpt.errors import BadInput
-    from phasegpt_ckpt.store.fetch import artifact_info
-
-    facts = artifact_info(ref, manifest=_manifest(), cache=_cache(), offline=options.offline)
-    kind = facts.get("artifact", {}).get("kind")
-    if facts["path"] is not None and kind in (None, "checkpoint"):
-        try:  # a cached artifact's sha256 is checked before a byte of it is unpickled
-            facts["checkpoint"] = describe(facts["path"], expected_sha256=(facts["receipt"] or {}).get("sha256"),
-                                           config=model_config)
-        except BadInput as err:  # a file no artifact vouches for may be anything; a refused pickle still fails
-            if kind is not None:
-                raise
-            facts["checkpoint"] = {"not a checkpoint": str(err)}
+    facts = _store().info(ref, config=model_config)
     if json_output:
         return console.print_json(facts)
     _print_facts(facts)
@@ -259,7 +231,7 @@ def generate(
     """Continue a prompt: stdout gets exactly the prompt and the generated text, as it is produced."""
     from phasegpt_ckpt.models.generate import stream
 
-    ckpt = _load(model, data=data, device=device, config=model_config)
+    ckpt = _store().load(model, data=data, device=device, config=model_config)
     for i in range(num_samples):
         chars = stream(ckpt.model, prompt, vocab=ckpt.vocab, max_new_tokens=max_new_tokens, temperature=temperature,
                        top_k=top_k, top_p=top_p, seed=None if seed is None else seed + i)
@@ -287,16 +259,13 @@ def analyze(
     """Synchronisation of each phase layer: order parameter R per layer and head (mean, std) and coupling K."""
     from rich.table import Table
 
-    from phasegpt_ckpt.models.analyze import analyze_checkpoint
-
-    located, found_with = _locate(ref)
-    stats = analyze_checkpoint(located.path, num_tokens=num_tokens, device=device, windows=windows, data=data,
-                               config=model_config, expected_sha256=located.sha256, locate_options=found_with)
+    stats = _store().analyze(ref, num_tokens=num_tokens, device=device, windows=windows, data=data,
+                             config=model_config)
     if json_output:
         return console.print_json(stats)
     if stats["R_mean"] is None:
-        return console.stdout.print(f"{located.path}: no phase layer, nothing to analyze", markup=False)
-    console.stdout.print(f"{located.path}: R {stats['R_mean']:.4f} ± {stats['R_std']:.4f} over {stats['windows']} "
+        return console.stdout.print(f"{stats['path']}: no phase layer, nothing to analyze", markup=False)
+    console.stdout.print(f"{stats['path']}: R {stats['R_mean']:.4f} ± {stats['R_std']:.4f} over {stats['windows']} "
                          f"windows of {stats['num_tokens']} tokens ({stats['coupling_mode']} coupling)", markup=False)
     table = Table("layer", "head", "R mean", "R std", "K")
     for layer in stats["layers"]:
@@ -313,14 +282,11 @@ def config_command(
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
 ) -> None:
     """The checkpoint's config as YAML, every section it carries, ready for `train --config`."""
-    from phasegpt_ckpt.models.checkpoint import export_config
-
-    located, _ = _locate(ref)
-    text = export_config(located.path, output, expected_sha256=located.sha256, config=model_config)
+    text = _store().export_config(ref, output, config=model_config)
     if output is None:
         _write(text)
     else:
-        console.log(f"wrote {output}")
+        console.note(f"wrote {output}")
 
 
 @app.command()
@@ -332,12 +298,12 @@ def convert(
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
 ) -> None:
     """Write the weights as safetensors, config, vocabulary and coupling mode in its metadata."""
-    from phasegpt_ckpt.models.checkpoint import convert as convert_checkpoint
     from phasegpt_ckpt.errors import BadInput
+    from phasegpt_ckpt.models.checkpoint import convert as convert_checkpoint
 
     if to != "safetensors":
         raise BadInput(f"--to {to!r} is not a format convert writes; use --to safetensors")
-    ckpt = _load(ref, data=data, device="cpu", config=model_config)
+    ckpt = _store().load(ref, data=data, device="cpu", config=model_config)
     out = convert_checkpoint(ckpt, output or Path(ckpt.path.stem + ".safetensors"))
     console.stdout.print(str(out), markup=False)
 
@@ -367,11 +333,11 @@ def publish(
     The manifest keeps its order and comments; it is validated before it is replaced."""
     from dataclasses import asdict
 
-    from phasegpt_ckpt.store.publish import hub_repo_of, publish as publish_checkpoint
+    from phasegpt_ckpt.store.publish import hub_repo_of
 
-    published = publish_checkpoint(
-        path, name, manifest=manifest or options.manifest, hub_repo=to and hub_repo_of(to), endpoint=endpoint,
-        records=record or [], measure=evaluate, data=data, device=device, cache=_cache(),
+    published = _store().publish(
+        path, name, manifest=manifest, hub_repo=to and hub_repo_of(to), endpoint=endpoint,
+        records=record or [], measure=evaluate, data=data, device=device,
         **({} if tolerance is None else {"tolerance": tolerance}))  # else publish's own default
     if json_output:
         return console.print_json(asdict(published))
@@ -383,28 +349,6 @@ def publish(
     console.stdout.print(f"  manifest {published.manifest} updated", markup=False)
 
 
-def _locate_options() -> dict:
-    """The manifest, cache and offline mode of the global options, as the API's keyword arguments."""
-    return {"manifest": _manifest(), "cache": _cache(), "offline": options.offline}
-
-
-def _locate(ref: Optional[str]):
-    """(``NAME|PATH`` as a local file, the options it was found with: for what the loader fetches next)."""
-    from phasegpt_ckpt.store.fetch import locate
-
-    found_with = _locate_options()
-    return locate(ref, **found_with), found_with
-
-
-def _load(ref: Optional[str], *, data: Optional[Path], device: str, config: Optional[Path]):
-    """``NAME|PATH`` located (fetched if needed) and loaded; the sha256 of a cached artifact checked first."""
-    from phasegpt_ckpt.models.checkpoint import load_checkpoint
-
-    located, found_with = _locate(ref)
-    return load_checkpoint(located.path, expected_sha256=located.sha256, config=config, data=data, device=device,
-                           locate_options=found_with)
-
-
 def _write(text: str) -> None:
     """Results that must reach stdout byte for byte and at once (streamed generation, YAML)."""
     sys.stdout.write(text)
@@ -412,7 +356,7 @@ def _write(text: str) -> None:
 
 
 def _print_fetched(fetched) -> None:
-    origin = "from the cache" if fetched.from_cache else f"from {fetched.mirror}"
+    origin = "from the cache" if fetched.from_cache else f"from {fetched.origin}"
     console.stdout.print(f"{fetched.name}: {fetched.path}", markup=False)
     console.stdout.print(f"  sha256 {fetched.sha256}, {fetched.size} bytes, {fetched.pin}, {origin}", markup=False)
 
@@ -426,7 +370,7 @@ def _show_outcomes(outcomes) -> None:
     table = Table("mirror", "outcome", "detail", title="mirrors tried, in order", title_justify="left")
     for outcome in outcomes:
         table.add_row(outcome.mirror, outcome.status, outcome.detail)
-    console.stderr.print(table)
+    console.table(table)
 
 
 def _print_verdict(verdict) -> None:
@@ -491,10 +435,8 @@ def train(
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Train from scratch: checkpoints, metrics.jsonl and best_model_info.json in --save-dir."""
-    from phasegpt_ckpt.training.train import train as run_training
-
-    result = run_training(config, epochs=epochs, save_dir=save_dir, data=data, device=device, plot=plot,
-                          compile=compile, locate_options=_locate_options())
+    result = _store().train(config, epochs=epochs, save_dir=save_dir, data=data, device=device, plot=plot,
+                            compile=compile)
     _print_run(result, json_output)
 
 
@@ -510,10 +452,8 @@ def resume(
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Continue a checkpoint exactly where it stopped (weights, AdamW, schedule, RNG, data position)."""
-    from phasegpt_ckpt.training.train import resume as run_resume
-
-    result = run_resume(model, epochs=epochs, save_dir=save_dir, data=data, device=device, plot=plot,
-                        compile=compile, locate_options=_locate_options())
+    result = _store().resume(model, epochs=epochs, save_dir=save_dir, data=data, device=device, plot=plot,
+                             compile=compile)
     _print_run(result, json_output)
 
 
@@ -534,10 +474,23 @@ def _print_run(result, json_output: bool) -> None:
         console.stdout.print(f"  {path}", markup=False)
 
 
+def _run() -> int:
+    """The command, with any progress bars it drew taken down before its last words."""
+    global _open_bars
+    console.setup(False)  # until the options say otherwise
+    try:
+        return app(standalone_mode=False, prog_name="phasegpt-ckpt")
+    finally:
+        if _open_bars is not None:
+            _open_bars.__exit__(None, None, None)
+            _open_bars = None
+        console.teardown()  # the process may go on as a library's host (tests, notebooks)
+
+
 def main() -> None:
     """Console-script entry point: one line and an exit code for every expected failure."""
     try:
-        code = app(standalone_mode=False, prog_name="phasegpt-ckpt")
+        code = _run()
     except PhasegptError as err:
         console.stderr.print(f"error: {err}", markup=False)
         sys.exit(err.exit_code)

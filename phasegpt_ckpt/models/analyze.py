@@ -14,18 +14,18 @@ head's synchronisation varies with the text it reads (one window would make it 0
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
-from typing import Optional
 
 import torch
 
 from model import GPT2Config, GPT2Model
-
-from phasegpt_ckpt import console
-from phasegpt_ckpt.models.checkpoint import corpus_path, load_checkpoint
-from phasegpt_ckpt.models.data import CharDataset
-from phasegpt_ckpt.models.device import inference_autocast, pick_device
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.models.checkpoint import load_checkpoint
+from phasegpt_ckpt.models.data import CharDataset, corpus_or_bundled
+from phasegpt_ckpt.models.device import inference_autocast, pick_device
+
+log = logging.getLogger(__name__)
 
 DEFAULT_WINDOWS = 16
 
@@ -67,19 +67,18 @@ def analyze_checkpoint(
     windows: int = DEFAULT_WINDOWS,
     data: str | Path | None = None,
     config: GPT2Config | dict | str | Path | None = None,
-    expected_sha256: Optional[str] = None,
-    locate_options: Optional[dict] = None,
 ) -> dict:
     """R statistics of a checkpoint over ``windows`` stretches of ``num_tokens`` validation characters.
 
     The seed's ``analyze_checkpoint``: the result has at least ``R_mean`` and ``R_std`` (None for a
     model without phase layers), plus ``layers`` with each layer's and head's mean, std and K. The
     windows are consecutive from the start of the validation split; one longer than the model's
-    ``max_seq_len`` is cut to it (said on stderr). ``config`` is for a bare state dict whose shapes
-    do not tell its model (as :func:`~phasegpt_ckpt.models.checkpoint.load_checkpoint`).
+    ``max_seq_len`` is cut to it (logged). ``data`` is the corpus (default: the copy bundled with the
+    package); ``config`` is for a bare state dict whose shapes do not tell its model (as
+    :func:`~phasegpt_ckpt.models.checkpoint.load_checkpoint`).
     """
-    corpus = corpus_path(data, **(locate_options or {}))
-    ckpt = load_checkpoint(checkpoint_path, expected_sha256=expected_sha256, config=config, data=corpus, device=device)
+    corpus = corpus_or_bundled(data)
+    ckpt = load_checkpoint(checkpoint_path, config=config, data=corpus, device=device)
     _, val_ids = CharDataset(corpus, vocab=ckpt.vocab).split()
     length = _window_length(num_tokens, ckpt.config.max_seq_len)
     if windows < 1 or windows * length > len(val_ids):
@@ -93,6 +92,6 @@ def _window_length(num_tokens: int, max_seq_len: int) -> int:
     if num_tokens < 1:
         raise BadInput(f"--num-tokens must be at least 1, got {num_tokens}")
     if num_tokens > max_seq_len:
-        console.log(f"note: windows of {max_seq_len} tokens, the model's max_seq_len, not {num_tokens}")
+        log.info(f"note: windows of {max_seq_len} tokens, the model's max_seq_len, not {num_tokens}")
         return max_seq_len
     return num_tokens

@@ -26,6 +26,7 @@ so every command that loads a file says it.
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 import zipfile
@@ -40,14 +41,13 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 
 from model import GPT2Config, GPT2Model
-
-from phasegpt_ckpt import console
 from phasegpt_ckpt.atomic import atomic_path, write_text
-from phasegpt_ckpt.models.data import CharDataset
-from phasegpt_ckpt.models.device import pick_device
-from phasegpt_ckpt.proof.digest import hash_file
 from phasegpt_ckpt.errors import BadInput, VerificationFailed
+from phasegpt_ckpt.models.data import CharDataset, corpus_or_bundled
+from phasegpt_ckpt.models.device import pick_device
 from phasegpt_ckpt.training.schedule import schedule_note
+
+log = logging.getLogger(__name__)
 
 TRAINING_FIELDS = ("epoch", "global_step", "best_val_loss", "best_val_ppl")
 SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our converter writes
@@ -94,20 +94,18 @@ class _Contents:
 def load_checkpoint(
     path: str | Path,
     *,
-    expected_sha256: Optional[str] = None,
     config: GPT2Config | dict | str | Path | None = None,
     data: str | Path | None = None,
     device: str | torch.device = "cpu",
     load_training_state: bool = False,
-    locate_options: Optional[dict] = None,
 ) -> LoadedCheckpoint:
     """Load ``path`` into a model in eval mode on ``device``.
 
-    ``expected_sha256`` is checked before a byte is unpickled. ``config`` (a ``GPT2Config``, a YAML
+    Nothing is downloaded and nothing of the pickle runs: a file the caller must vouch for is checked
+    before it comes here (``Store.load`` checks a cached artifact's sha256 first). ``config`` (a ``GPT2Config``, a YAML
     model section or whole config dict, or a YAML file) replaces the file's own; it is needed only
     for a bare state dict whose shapes do not tell ``n_heads``. The vocabulary comes from the file,
-    else from the corpus ``data``, else from the ``tinyshakespeare`` artifact (``locate_options``,
-    i.e. ``manifest``, ``cache``, ``offline``, go to :func:`phasegpt_ckpt.store.fetch.locate`).
+    else from the corpus ``data`` (a path; default: the copy bundled with the package).
     ``load_training_state`` keeps the rest of a training dict (optimizer, scheduler, RNG) in
     ``training_state`` for resuming; its tensors stay memory-mapped until used.
 
@@ -115,14 +113,12 @@ def load_checkpoint(
     >>> logits, _ = ckpt.model(torch.zeros(1, 8, dtype=torch.long))          # doctest: +SKIP
     """
     path = Path(path)
-    if expected_sha256 is not None:
-        check_sha256(path, expected_sha256)
     contents = _read(path)
     model_config, full_config, inferred = _resolve_config(contents, config)
     model = build_model(model_config, contents.state, name=path.name)
     vocab = contents.extras.get("vocab")
     if vocab is None:
-        vocab, source = _corpus_vocabulary(data, locate_options)
+        vocab, source = _corpus_vocabulary(data)
         inferred.append(f"vocabulary from {source}")
     _say(inferred, path)
     vocab = "".join(vocab)
@@ -137,13 +133,6 @@ def load_checkpoint(
         training_state=extras if load_training_state else None,
         **{name: extras.get(name) for name in TRAINING_FIELDS},
     )
-
-
-def check_sha256(path: Path, expected: str) -> None:
-    """Refuse ``path`` unless its sha256 is ``expected`` — before anything reads it as a checkpoint."""
-    _, actual = hash_file(path)
-    if actual != expected.lower():
-        raise VerificationFailed(f"{path} has sha256 {actual}, expected {expected.lower()}; not loading it")
 
 
 def build_model(config: GPT2Config, state: dict[str, torch.Tensor], *, name: str = "the file") -> GPT2Model:
@@ -391,40 +380,27 @@ def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: 
     return causes
 
 
-def _corpus_vocabulary(data, locate_options) -> tuple[str, str]:
-    path = corpus_path(data, **(locate_options or {}))
-    source = f"the corpus {path}" if data is not None else "the tinyshakespeare artifact"
+def _corpus_vocabulary(data: str | Path | None) -> tuple[str, str]:
+    path = corpus_or_bundled(data)
+    source = f"the corpus {path}" if data is not None else "the tinyshakespeare corpus bundled with the package"
     return CharDataset(path).chars, source
 
 
 def _say(inferred: list[str], path: Path) -> None:
     """What was not in the file, on stderr: a number measured on an assumed config must say so."""
     for note in inferred:
-        console.log(f"note: {path.name}: {note}")
+        log.info(f"note: {path.name}: {note}")
 
 
-def corpus_path(data: str | Path | None = None, **locate_options) -> Path:
-    """The corpus: ``data`` when given, else the verified ``tinyshakespeare`` artifact (fetched if needed)."""
-    if data is not None:
-        return Path(data)
-    from phasegpt_ckpt.store.fetch import locate  # the download stack loads only when the corpus must come from it
-
-    return Path(locate("tinyshakespeare", **locate_options).path)
-
-
-def describe(path: str | Path, *, expected_sha256: Optional[str] = None,
-             config: GPT2Config | dict | str | Path | None = None) -> dict:
+def describe(path: str | Path, *, config: GPT2Config | dict | str | Path | None = None) -> dict:
     """What ``info`` shows about a checkpoint, read without touching a single weight.
 
-    ``expected_sha256`` (a cached artifact's) is checked before a byte is unpickled, as
-    :func:`load_checkpoint` does. ``schedule`` says when a resumed run stretched its schedule.
+    ``schedule`` says when a resumed run stretched its schedule.
 
     >>> describe("best_model.pt")["phase_layers"]                           # doctest: +SKIP
     [7]
     """
     path = Path(path)
-    if expected_sha256 is not None:
-        check_sha256(path, expected_sha256)
     contents = _read(path)
     extras = contents.extras
     try:
@@ -481,7 +457,7 @@ def _tensor_bytes(obj: Any) -> int:
     return sum(seen.values())
 
 
-def export_config(path: str | Path, out: str | Path | None = None, *, expected_sha256: Optional[str] = None,
+def export_config(path: str | Path, out: str | Path | None = None, *,
                   config: GPT2Config | dict | str | Path | None = None) -> str:
     """The checkpoint's config as YAML (the seed's "Extract Configuration"); also written to ``out``.
 
@@ -496,8 +472,6 @@ def export_config(path: str | Path, out: str | Path | None = None, *, expected_s
     ...
     """
     path = Path(path)
-    if expected_sha256 is not None:
-        check_sha256(path, expected_sha256)
     _, full_config, _ = _resolve_config(_read(path), config)
     text = yaml.safe_dump(full_config, sort_keys=False)
     if out is not None:

@@ -14,7 +14,6 @@ also scores each position from its prefix alone — what generation sees.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,28 +24,14 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from model import GPT2Model
-
-from phasegpt_ckpt import console
-from phasegpt_ckpt.store.cache import Cache
-from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, corpus_path, load_checkpoint
-from phasegpt_ckpt.models.data import get_dataloaders
+from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from phasegpt_ckpt.models.data import corpus_or_bundled, get_dataloaders
 from phasegpt_ckpt.models.device import inference_autocast, pick_device
-from phasegpt_ckpt.errors import BadInput, PhasegptError
-from phasegpt_ckpt.store.fetch import fetch_metadata
 from phasegpt_ckpt.models.generate import recomputed_from
-from phasegpt_ckpt.source.manifest import Manifest
-from phasegpt_ckpt.proof.metadata import CheckpointInfo, info_path, load_metadata
-from phasegpt_ckpt.proof.verify import FAIL, OK, UNAVAILABLE, Check, Verdict
+from phasegpt_ckpt.proof.claims import Claim, check_claims
 
 DEPENDENCE_THRESHOLD = 1e-4  # |Δlogit| above float32 rounding: the earlier positions saw the change
-# A claim stated without a tolerance (the metadata JSON's numbers) is shown beside the measurement, never judged.
-NO_TOLERANCE = "no tolerance"
-CLAIM_STATUS = {"pass": OK, "FAIL": FAIL, "no tolerance": NO_TOLERANCE, "not measured": UNAVAILABLE}  # -> verify rows
-MEASURED = {  # claim name (manifest / metadata JSON) -> Measurement attribute
-    "validation_ppl": "ppl",
-    "validation_loss": "loss",
-    "order_parameter_R": "R_mean",
-}
 
 
 @dataclass
@@ -84,25 +69,6 @@ class Measurement:
         """The numbers as a metrics row names them (the trainer's rows, the metadata JSON's source)."""
         return {"val_loss": self.loss, "val_ppl": self.ppl, "R": self.R_mean, "R_std": self.R_std,
                 "val_tokens": self.tokens}
-
-
-@dataclass
-class ClaimCheck:
-    """One row of the claims table."""
-
-    claim: str
-    source: str  # "manifest" or "metadata"
-    value: float
-    tolerance: Optional[float]
-    measured: Optional[float]
-
-    @property
-    def verdict(self) -> str:
-        if self.measured is None:
-            return "not measured"
-        if self.tolerance is None:
-            return "no tolerance"
-        return "pass" if abs(self.measured - self.value) <= self.tolerance else "FAIL"
 
 
 @dataclass
@@ -159,34 +125,6 @@ def measure(model: GPT2Model, val_loader: DataLoader, device: str | torch.device
     layers = [LayerR(i, torch.cat(r).mean().item(), torch.cat(r).std(correction=0).item())
               for i, r in zip(model.config.phase_layers, Rs)]
     return Measurement(loss=loss, ppl=math.exp(loss), tokens=tokens, windows=windows, R=layers)
-
-
-def check_claims(claims: list[tuple[str, float, Optional[float], str]], measured: Measurement) -> list[ClaimCheck]:
-    """Rows comparing each claim ``(name, value, tolerance, source)`` with the measurement.
-
-    >>> m = Measurement(loss=1.58, ppl=4.855, tokens=1, windows=1)
-    >>> [row.verdict for row in check_claims([("validation_ppl", 4.85, 0.05, "manifest")], m)]
-    ['pass']
-    """
-    return [ClaimCheck(name, source, value, tolerance,
-                       getattr(measured, MEASURED[name]) if name in MEASURED else None)
-            for name, value, tolerance, source in claims]
-
-
-def gather_claims(artifact=None, metadata=None) -> list[tuple[str, float, Optional[float], str]]:
-    """The claims to check: the manifest artifact's, then the metadata JSON's measured values that
-    differ from them (compared within the manifest's tolerance for that name, if it gives one).
-
-    >>> gather_claims(None, None)
-    []
-    """
-    in_manifest = artifact.claims if artifact is not None else {}
-    claims = [(name, claim.value, claim.tolerance, "manifest") for name, claim in in_manifest.items()]
-    for name in MEASURED:
-        value, stated = getattr(metadata, name, None), in_manifest.get(name)
-        if value is not None and (stated is None or stated.value != value):
-            claims.append((name, value, stated.tolerance if stated else None, "metadata"))
-    return claims
 
 
 def audit_causality(model: GPT2Model, val_loader: DataLoader, *, windows: int = 4,
@@ -250,7 +188,7 @@ class EvalReport:
     path: Path
     coupling_mode: str
     measurement: Measurement
-    checks: list[ClaimCheck]
+    checks: list[Claim]
     causality: Optional[CausalityAudit] = None
 
     @property
@@ -267,7 +205,7 @@ class EvalReport:
             "tokens": m.tokens,
             "windows": m.windows,
             "order_parameter_R": [asdict(layer) for layer in m.R],
-            "claims": [{**asdict(check), "verdict": check.verdict} for check in self.checks],
+            "claims": [check.to_dict() for check in self.checks],
             "passed": self.passed,
         }
         if self.causality is not None:
@@ -280,28 +218,26 @@ class EvalReport:
 def evaluate_checkpoint(
     path: str | Path,
     *,
-    claims: Optional[list[tuple[str, float, Optional[float], str]]] = None,
+    claims: Optional[list[Claim]] = None,
     data: str | Path | None = None,
     device: str | torch.device = "auto",
     batch_size: int = 16,
     causality: bool = False,
     causality_windows: int = 4,
     config=None,
-    expected_sha256: Optional[str] = None,
-    locate_options: Optional[dict] = None,
 ) -> EvalReport:
-    """Load ``path``, measure it on the validation split, check ``claims``, audit causality if asked.
+    """Load ``path``, measure it on the validation split of ``data``, check ``claims``, audit causality if asked.
 
-    The corpus is ``data`` or the ``tinyshakespeare`` artifact; windows are :func:`block_size_of` the
-    checkpoint; ``config`` is as for :func:`~phasegpt_ckpt.models.checkpoint.load_checkpoint`.
+    ``data`` is the corpus (default: the copy bundled with the package); windows are
+    :func:`block_size_of` the checkpoint; ``config`` is as for :func:`~phasegpt_ckpt.models.checkpoint.load_checkpoint`.
 
-    >>> report = evaluate_checkpoint("best_model.pt",
-    ...                              claims=[("validation_ppl", 4.85, 0.05, "manifest")])  # doctest: +SKIP
-    >>> report.passed, report.measurement.ppl                                              # doctest: +SKIP
+    >>> report = evaluate_checkpoint("best_model.pt", data="input.txt",
+    ...                              claims=[Claim("validation_ppl", "manifest", 4.85, 0.05)])  # doctest: +SKIP
+    >>> report.passed, report.measurement.ppl                                                   # doctest: +SKIP
     """
     device = pick_device(device)
-    corpus = corpus_path(data, **(locate_options or {}))
-    ckpt = load_checkpoint(path, expected_sha256=expected_sha256, config=config, data=corpus, device=device)
+    corpus = corpus_or_bundled(data)
+    ckpt = load_checkpoint(path, config=config, data=corpus, device=device)
     val_loader = validation_loader(ckpt, corpus, batch_size)
     measurement = measure(ckpt.model, val_loader, device=device)
     audit = audit_causality(ckpt.model, val_loader, windows=causality_windows, device=device) if causality else None
@@ -325,42 +261,3 @@ def block_size_of(ckpt: LoadedCheckpoint) -> int:
         raise BadInput(f"{ckpt.path}: data.block_size {block_size!r} is not a window length from 1 to the "
                        f"model's max_seq_len {ckpt.config.max_seq_len}")
     return block_size
-
-
-def evaluate_verdict(verdict: Verdict, *, manifest: Manifest, cache: Cache, offline: Optional[bool] = None,
-                     **options) -> EvalReport:
-    """``verify --eval``: measure a verified file and add one row per claim to ``verdict.checks``.
-
-    The claims are its artifact's (manifest) and its metadata JSON's, or for a file no artifact
-    vouches for, those of a ``<stem>_info.json`` beside it that describes these bytes (where train
-    and the seed's layout put it); ``options`` go to :func:`evaluate_checkpoint` (``data``,
-    ``device``, ``causality``, ...). A failed claim fails the verdict.
-    """
-    metadata = _metadata_of(verdict, manifest, cache, offline)
-    report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata),
-                                 locate_options={"manifest": manifest, "cache": cache, "offline": offline}, **options)
-    for check in report.checks:
-        expected = f"{check.value:g}" + ("" if check.tolerance is None else f" ± {check.tolerance:g}")
-        measured = None if check.measured is None else f"{check.measured:.4f}"
-        verdict.checks.append(Check(f"{check.claim} ({check.source})", expected, measured, CLAIM_STATUS[check.verdict]))
-    return report
-
-
-def _metadata_of(verdict: Verdict, manifest: Manifest, cache: Cache, offline: Optional[bool]) -> Optional[CheckpointInfo]:
-    if verdict.artifact is not None:
-        with contextlib.suppress(PhasegptError):  # verify's own row already says why it is unavailable
-            return fetch_metadata(verdict.artifact, manifest=manifest, cache=cache, offline=offline)
-        return None
-    beside = info_path(verdict.path)
-    if not beside.is_file():
-        return None
-    try:
-        info = load_metadata(beside)
-    except BadInput as err:
-        console.warn(f"ignoring {beside.name}: {err}")
-        return None
-    if info.sha256 not in (None, verdict.sha256):
-        console.warn(f"ignoring {beside.name}: it describes other bytes (sha256 {info.sha256})")
-        return None
-    console.log(f"claims from {beside}")
-    return info

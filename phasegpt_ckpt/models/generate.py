@@ -19,10 +19,9 @@ import torch
 import torch.nn.functional as F
 
 from model import GPT2Model
-
+from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.models.data import CharDataset
 from phasegpt_ckpt.models.device import inference_autocast, pick_device
-from phasegpt_ckpt.errors import BadInput
 
 
 def recomputed_from(model: GPT2Model) -> int:

@@ -15,7 +15,9 @@ import os
 import queue
 import re
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 MD5_HEX = re.compile(r"[0-9a-f]{32}")
@@ -63,15 +65,30 @@ def _consume(chunks: queue.Queue, digest) -> None:
         digest.update(chunk)
 
 
-def hash_file(path: str | Path) -> tuple[int, str]:
-    """(size, sha256 hex) of a file, reading while hashing.
+@dataclass
+class FileFacts:
+    """A file as the proof stage sees it: where it is, its size and sha256 (md5 when asked for), and
+    where it came from (a mirror's label, ``cache``, ``local file``). Every stage hands these on;
+    :mod:`phasegpt_ckpt.proof.verify` alone compares them with what they should be."""
 
-    >>> hash_file("/dev/null")
+    path: Path
+    size: int
+    sha256: str
+    md5: Optional[str] = None
+    origin: str = ""
+
+
+def hash_file(path: str | Path, *, want_md5: bool = False, origin: str = "local file") -> FileFacts:
+    """The facts of a file on disk, reading while hashing (sha256, and md5 on its own thread if asked).
+
+    >>> facts = hash_file("/dev/null")
+    >>> facts.size, facts.sha256
     (0, 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
     """
-    hasher = Hasher()
+    hasher = Hasher(want_md5)
     size = feed(Path(path), hasher, os.stat(path).st_size)
-    return size, hasher.hexdigests()["sha256"]
+    digests = hasher.hexdigests()
+    return FileFacts(Path(path), size, digests["sha256"], digests.get("md5"), origin)
 
 
 def feed(path: Path, hasher: Hasher, limit: int) -> int:

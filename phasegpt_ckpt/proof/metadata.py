@@ -16,6 +16,7 @@ Placeholders the seed ships (``"[hash]"``, ``"10.5281/zenodo.XXXXXXX"``, ``""``)
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 from datetime import date
@@ -32,6 +33,9 @@ if TYPE_CHECKING:  # the model (and torch) load only where a checkpoint does
     import torch
 
     from model import GPT2Config
+    from phasegpt_ckpt.proof.digest import FileFacts
+
+log = logging.getLogger(__name__)
 
 MEGABYTES = (10**6, 2**20)  # "970 MB" may mean either
 DIGITS = 4  # measured numbers are rounded to this in the JSON and in manifest claims alike, so they compare equal
@@ -94,6 +98,26 @@ def info_path(checkpoint: str | Path) -> Path:
     """
     checkpoint = Path(checkpoint)
     return checkpoint.with_name(f"{checkpoint.stem}_info.json")
+
+
+def metadata_beside(facts: "FileFacts") -> Optional[CheckpointInfo]:
+    """The ``<stem>_info.json`` beside a file no artifact vouches for (where train and the seed's layout put
+    it), if it describes these very bytes; None (and a warning saying why) otherwise."""
+    from phasegpt_ckpt.proof.verify import describes
+
+    beside = info_path(facts.path)
+    if not beside.is_file():
+        return None
+    try:
+        info = load_metadata(beside)
+    except BadInput as err:
+        log.warning(f"ignoring {beside.name}: {err}")
+        return None
+    if info.sha256 is not None and not describes(info.sha256, facts):
+        log.warning(f"ignoring {beside.name}: it describes other bytes (sha256 {info.sha256})")
+        return None
+    log.info(f"claims from {beside}")
+    return info
 
 
 def load_metadata(path: str | Path) -> CheckpointInfo:

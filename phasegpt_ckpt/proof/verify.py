@@ -1,27 +1,34 @@
-"""Prove a file is the artifact it should be: size and sha256 against the manifest, the cache's
-receipt and the artifact's metadata JSON, one :class:`Check` row each.
+"""The one verification stage: facts about bytes against what says they should be, as a :class:`Verdict`.
 
-A :class:`Verdict` is a list of rows so later checks (checkpoint contents, claims) append theirs::
+Pure functions, no I/O: the callers gather the facts (a file's size and hashes, what a provider
+publishes, the cache's receipt, the metadata JSON, whether the file loads as a checkpoint) and the
+expectations (the manifest), and this module alone compares a size or a hash. fetch, import, load,
+publish and ``verify`` all come here; the cache keeps only what passed.
 
-    >>> verdict = Verdict("demo", Path("x.pt"), None, size=3, sha256="ab" * 32)
+A :class:`Verdict` is a list of rows, so later checks (the file's contents, the claims) append theirs::
+
+    >>> from pathlib import Path
+    >>> facts = FileFacts(Path("x.pt"), 3, "ab" * 32)
+    >>> verdict = Verdict("demo", facts, None)
     >>> verdict.expect("size (manifest)", 3, 3).status, verdict.expect("sha256 (manifest)", None, "ab").status
     ('ok', 'not published')
     >>> verdict.ok
     True
+    >>> mismatch(facts, size=4)
+    ('size', 'expected 4 bytes, got 3')
 """
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
-from phasegpt_ckpt import console
-from phasegpt_ckpt.store.cache import Cache
-from phasegpt_ckpt.proof.digest import hash_file
-from phasegpt_ckpt.errors import BadInput, PhasegptError, VerificationFailed
-from phasegpt_ckpt.store.fetch import fetch, fetch_metadata, locate
-from phasegpt_ckpt.source.manifest import Artifact, Manifest, load_manifest
+from phasegpt_ckpt.errors import VerificationFailed
+from phasegpt_ckpt.proof.digest import FileFacts
+
+if TYPE_CHECKING:
+    from phasegpt_ckpt.proof.metadata import CheckpointInfo
+    from phasegpt_ckpt.source.manifest import Artifact
 
 OK, FAIL, NOT_PUBLISHED, UNAVAILABLE = "ok", "fail", "not published", "unavailable"
 
@@ -33,7 +40,7 @@ class Check:
     check: str
     expected: Optional[str]
     actual: Optional[str]
-    status: str  # ok | fail | not published | unavailable
+    status: str  # ok | fail | not published | unavailable | no tolerance
     pins: bool = False  # compares with a published sha256: an ok row proves the bytes
 
 
@@ -42,11 +49,22 @@ class Verdict:
     """Every check made on one file; it passes unless a row failed."""
 
     subject: str
-    path: Path
-    artifact: Optional[Artifact]
-    size: int
-    sha256: str
+    facts: FileFacts
+    artifact: Optional["Artifact"]
     checks: list[Check] = field(default_factory=list)
+    evaluation: Any = None  # the EvalReport of ``verify --eval``, when one was made
+
+    @property
+    def path(self) -> Path:
+        return self.facts.path
+
+    @property
+    def size(self) -> int:
+        return self.facts.size
+
+    @property
+    def sha256(self) -> str:
+        return self.facts.sha256
 
     @property
     def ok(self) -> bool:
@@ -64,118 +82,116 @@ class Verdict:
         self.checks.append(row)
         return row
 
+    def first_failure(self) -> Optional[Check]:
+        return next((check for check in self.checks if check.status == FAIL), None)
+
     def as_dict(self) -> dict[str, Any]:
-        return {
+        document = {
             "subject": self.subject, "path": str(self.path), "artifact": self.artifact and self.artifact.name,
             "size": self.size, "sha256": self.sha256, "ok": self.ok, "pinned": self.pinned,
             "checks": [asdict(c) for c in self.checks],
         }
+        if self.evaluation is not None:
+            document["evaluation"] = self.evaluation.to_dict()
+        return document
 
 
-def verify(ref: str, *, manifest: Optional[Manifest] = None, cache: Optional[Cache] = None,
-           offline: Optional[bool] = None) -> Verdict:
-    """Re-hash ``NAME|PATH`` and check it against everything that says what it should be.
+# -- bytes against expectations ------------------------------------------------------------------------
 
-    A NAME is checked in the cache (fetched first if absent); a PATH is matched to an artifact
-    by being the cached file (hard link) or by its sha256. A file that matches no artifact
-    passes with a "not published" row: nothing says what it should be. A checkpoint (or a
-    file no artifact vouches for) whose bytes pass must also load weights-only: a pickle that
-    would run code fails.
+
+def mismatch(facts: FileFacts, *, size: Optional[int] = None, sha256: Optional[str] = None,
+             md5: Optional[str] = None) -> Optional[tuple[str, str]]:
+    """The first expectation (None: unknown, not checked) that ``facts`` miss: (field, words); None when all hold.
+
+    >>> mismatch(FileFacts(Path("x"), 3, "ab" * 32), sha256="AB" * 32) is None
+    True
     """
-    manifest = manifest or load_manifest()
-    cache = cache or Cache()
-    path, artifact = _subject(ref, manifest, cache, offline)
-    size, sha256 = hash_file(path)
-    artifact = artifact or _artifact_with(sha256, manifest, cache)
-    verdict = Verdict(ref, path, artifact, size=size, sha256=sha256)
+    if size is not None and facts.size != size:
+        return "size", f"expected {size} bytes, got {facts.size}"
+    if sha256 is not None and facts.sha256 != sha256.lower():
+        return "sha256", f"expected sha256 {sha256.lower()}, got {facts.sha256}"
+    if md5 is not None and (facts.md5 or "") != md5.lower():
+        return "md5", f"md5 {facts.md5} of the bytes received is not the {md5.lower()} published"
+    return None
+
+
+def require(facts: FileFacts, *, sha256: Optional[str] = None, size: Optional[int] = None, action: str) -> None:
+    """Refuse ``facts.path`` (VerificationFailed) unless it has ``sha256`` and ``size``, before ``action``.
+
+    >>> require(FileFacts(Path("x.pt"), 3, "ab" * 32), sha256="cd" * 32, action="not loading it")
+    Traceback (most recent call last):
+    ...
+    phasegpt_ckpt.errors.VerificationFailed: x.pt has sha256 abababababababababababababababababababababababababababababababab, expected cdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcdcd; not loading it
+    """
+    if sha256 is not None and facts.sha256 != sha256.lower():
+        raise VerificationFailed(f"{facts.path} has sha256 {facts.sha256}, expected {sha256.lower()}; {action}")
+    if size is not None and facts.size != size:
+        raise VerificationFailed(f"{facts.path} has {facts.size} bytes, expected {size}; {action}")
+
+
+def disagreement(published: dict[str, Any], known: dict[str, Any]) -> Optional[tuple[str, Any, Any]]:
+    """The first of size, sha256, md5 that a provider publishes and that differs from what is known
+    (None on either side: not compared): ``(field, published, known)``, or None when all agree.
+
+    Asked before any byte moves (fetch's pre-flight) and before a record is listed (publish).
+
+    >>> disagreement({"size": 3, "md5": "AB"}, {"size": 3, "sha256": "cd" * 32, "md5": "ef"})
+    ('md5', 'ab', 'ef')
+    """
+    for name in ("size", "sha256", "md5"):
+        theirs, ours = published.get(name), known.get(name)
+        if isinstance(theirs, str):
+            theirs = theirs.lower()
+        if ours is not None and theirs is not None and theirs != ours:
+            return name, theirs, ours
+    return None
+
+
+def describes(claimed_sha256: Any, facts: FileFacts) -> bool:
+    """Does a metadata JSON whose ``sha256`` field is ``claimed_sha256`` describe these very bytes?
+
+    >>> describes("AB" * 32, FileFacts(Path("x"), 3, "ab" * 32)), describes(None, FileFacts(Path("x"), 3, "ab" * 32))
+    (True, False)
+    """
+    return isinstance(claimed_sha256, str) and claimed_sha256.lower() == facts.sha256
+
+
+def judge(subject: str, facts: FileFacts, artifact: Optional["Artifact"], *, receipt_sha256: Optional[str] = None,
+          metadata: "CheckpointInfo | str | None" = None) -> Verdict:
+    """Rows for size and sha256 against the manifest's ``artifact``, the cache's receipt and the metadata JSON.
+
+    ``metadata`` is the artifact's metadata JSON, or why it could not be read (a string), or None when
+    the artifact names none. A file no artifact describes gets one "not published" row.
+    """
+    verdict = Verdict(subject, facts, artifact)
     if artifact is None:
-        verdict.checks.append(Check("artifact", None, f"no artifact of the manifest has sha256 {sha256}", NOT_PUBLISHED))
-    else:
-        _check_bytes(verdict, artifact, manifest, cache, offline)
-    if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
-        _check_contents(verdict)
+        verdict.checks.append(Check("artifact", None, f"no artifact of the manifest has sha256 {facts.sha256}",
+                                    NOT_PUBLISHED))
+        return verdict
+    verdict.expect("size (manifest)", artifact.size, facts.size)
+    verdict.expect("sha256 (manifest)", artifact.sha256, facts.sha256, pins=True)
+    if receipt_sha256 is not None:
+        verdict.expect("sha256 (receipt)", receipt_sha256, facts.sha256)
+    if isinstance(metadata, str):
+        verdict.checks.append(Check(f"metadata ({artifact.metadata})", "readable", metadata, UNAVAILABLE))
+    elif metadata is not None:
+        verdict.expect(f"sha256 (metadata {artifact.metadata})", metadata.sha256, facts.sha256, pins=True)
+        agrees = metadata.size_agrees(facts.size)
+        status = NOT_PUBLISHED if agrees is None else OK if agrees else FAIL
+        expected = None if metadata.file_size_mb is None else f"{metadata.file_size_mb} MB"
+        verdict.checks.append(Check(f"size (metadata {artifact.metadata})", expected, f"{facts.size} bytes", status))
     return verdict
 
 
-def _check_bytes(verdict: Verdict, artifact: Artifact, manifest: Manifest, cache: Cache,
-                 offline: Optional[bool]) -> None:
-    """Rows for size and sha256 against the manifest, the receipt and the metadata JSON."""
-    verdict.expect("size (manifest)", artifact.size, verdict.size)
-    verdict.expect("sha256 (manifest)", artifact.sha256, verdict.sha256, pins=True)
-    receipt = cache.receipt(artifact.name)
-    if receipt is not None and verdict.expect("sha256 (receipt)", receipt.sha256, verdict.sha256).status == FAIL:
-        _discard_if_cached(verdict, artifact, cache)
-    if artifact.metadata is not None:
-        _check_metadata(verdict, artifact, manifest, cache, offline)
-
-
-def verify_cached(*, manifest: Optional[Manifest] = None, cache: Optional[Cache] = None,
-                  offline: Optional[bool] = None) -> list[Verdict]:
-    """Verify every artifact of the manifest that has a copy in the cache."""
-    manifest = manifest or load_manifest()
-    cache = cache or Cache()
-    names = [r.artifact for r in cache.receipts() if r.artifact in manifest.artifacts]
-    return [verify(name, manifest=manifest, cache=cache, offline=offline) for name in names]
-
-
-def _subject(ref: str, manifest: Manifest, cache: Cache, offline: Optional[bool]) -> tuple[Path, Optional[Artifact]]:
-    """The file to check: a cached artifact as it is now (never silently refetched), else ``locate``."""
-    if ref in manifest.artifacts:
-        artifact = manifest.artifact(ref)
-        path = cache.path(artifact)
-        if not path.is_file():
-            path = fetch(ref, manifest=manifest, cache=cache, offline=offline).path
-        return path, artifact
-    located = locate(ref, manifest=manifest, cache=cache, offline=offline)
-    return located.path, located.artifact
-
-
-def _check_contents(verdict: Verdict) -> None:
-    """A row saying whether the file loads weights-only, read without running any of its pickle.
-
-    A file no artifact vouches for may be anything (a corpus, a YAML): only a checkpoint that
-    cannot be read, or any file whose pickle would run code, fails.
-    """
-    from phasegpt_ckpt.models.checkpoint import describe  # torch loads only when a checkpoint is verified
-
+def contents(verdict: Verdict, refused: Optional[str], unreadable: Optional[str]) -> None:
+    """A row saying whether the file loads weights-only: ``refused`` when its pickle would run code,
+    ``unreadable`` when it is no checkpoint at all (a failure only for a checkpoint artifact: a file no
+    artifact vouches for may be anything, a corpus or a YAML)."""
     check = "contents (weights-only load)"
-    try:
-        describe(verdict.path)
-    except VerificationFailed as refused:
-        verdict.checks.append(Check(check, "plain tensors and containers", str(refused), FAIL))
-    except BadInput as unreadable:
+    if refused is not None:
+        verdict.checks.append(Check(check, "plain tensors and containers", refused, FAIL))
+    elif unreadable is not None:
         if verdict.artifact is not None:
-            verdict.checks.append(Check(check, "a readable checkpoint", str(unreadable), FAIL))
+            verdict.checks.append(Check(check, "a readable checkpoint", unreadable, FAIL))
     else:
         verdict.checks.append(Check(check, "plain tensors and containers", "plain tensors and containers", OK))
-
-
-def _discard_if_cached(verdict: Verdict, artifact: Artifact, cache: Cache) -> None:
-    """Bytes that changed since they were verified are corrupt: drop the cached copy so fetch renews it."""
-    blob = cache.blob(cache.receipt(artifact.name).sha256)
-    if blob.is_file() and os.path.samefile(verdict.path, blob):
-        cache.discard(artifact.name)
-        console.warn(f"removed the corrupt cached copy of {artifact.name}; "
-                     f"`phasegpt-ckpt fetch {artifact.name}` downloads it again")
-
-
-def _artifact_with(sha256: str, manifest: Manifest, cache: Cache) -> Optional[Artifact]:
-    """The artifact whose manifest or receipt sha256 is ``sha256`` (a copy placed elsewhere)."""
-    names = [a.name for a in manifest.artifacts.values() if a.sha256 == sha256]
-    names += [r.artifact for r in cache.receipts() if r.sha256 == sha256 and r.artifact in manifest.artifacts]
-    return manifest.artifacts[names[0]] if names else None
-
-
-def _check_metadata(verdict: Verdict, artifact: Artifact, manifest: Manifest, cache: Cache,
-                    offline: Optional[bool]) -> None:
-    """Rows for the metadata JSON's sha256 and file_size_mb; a row saying why when it can't be read."""
-    try:
-        info = fetch_metadata(artifact, manifest=manifest, cache=cache, offline=offline)
-    except PhasegptError as err:
-        verdict.checks.append(Check(f"metadata ({artifact.metadata})", "readable", str(err), UNAVAILABLE))
-        return
-    verdict.expect(f"sha256 (metadata {artifact.metadata})", info.sha256, verdict.sha256, pins=True)
-    agrees = info.size_agrees(verdict.size)
-    status = NOT_PUBLISHED if agrees is None else OK if agrees else FAIL
-    expected = None if info.file_size_mb is None else f"{info.file_size_mb} MB"
-    verdict.checks.append(Check(f"size (metadata {artifact.metadata})", expected, f"{verdict.size} bytes", status))

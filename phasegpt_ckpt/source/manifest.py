@@ -29,9 +29,8 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from phasegpt_ckpt import manifests
-
-from phasegpt_ckpt.proof.digest import MD5_HEX, SHA256_HEX
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.proof.digest import MD5_HEX, SHA256_HEX
 from phasegpt_ckpt.source.mirrors import Mirror
 
 # Seed placeholders: "zenodo.XXXXXXX", "osf.io/XXXXX", "[hash]", "[Link to be added]".
@@ -65,7 +64,7 @@ def is_placeholder(value: object) -> bool:
     return isinstance(value, str) and PLACEHOLDER.search(value) is not None
 
 
-class Claim(BaseModel):
+class ClaimedValue(BaseModel):
     """A number the authors claim for an artifact, and how far a re-measurement may stray."""
 
     model_config = ConfigDict(extra="forbid")
@@ -86,7 +85,7 @@ class Artifact(BaseModel):
     sha256: Optional[Sha256] = None
     md5: Optional[Md5] = None  # where a provider publishes md5 only (Zenodo), checked before any byte moves
     metadata: Optional[str] = None
-    claims: dict[str, Claim] = {}
+    claims: dict[str, ClaimedValue] = {}
     mirrors: list[Mirror] = []
 
     @field_validator("filename")

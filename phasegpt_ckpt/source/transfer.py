@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gzip
 import json
+import logging
 import os
 import random
 import re
@@ -21,16 +23,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 import requests
 import urllib3
 
-from phasegpt_ckpt import console
-
-from phasegpt_ckpt.source import web
-from phasegpt_ckpt.proof.digest import CHUNK, Hasher, feed
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
+from phasegpt_ckpt.proof.digest import CHUNK, FileFacts, Hasher, feed
+from phasegpt_ckpt.proof.verify import mismatch
+from phasegpt_ckpt.reporting import Progress, report
+from phasegpt_ckpt.source import web
+
+log = logging.getLogger(__name__)
 
 WRITE_BEHIND = 32 * CHUNK  # bytes written between background flushes of the part to disk
 
@@ -61,21 +65,6 @@ class RetryPolicy:
         return min(self.max_backoff, self.backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
-@dataclass
-class Transferred:
-    """A complete part file whose size and sha256 match the expectations given to :func:`transfer`.
-
-    ``md5`` is set only when asked for (``want_md5=True``); ``resumed_from`` is how many bytes an
-    earlier run had already left in the part.
-    """
-
-    path: Path
-    size: int
-    sha256: str
-    md5: Optional[str] = None
-    resumed_from: int = 0
-
-
 class _Retry(Exception):
     """A failure worth another attempt: (outcome tag, message, seconds the server asked us to wait)."""
 
@@ -94,11 +83,12 @@ def transfer(
     policy: Optional[RetryPolicy] = None,
     label: Optional[str] = None,
     want_md5: bool = False,
-) -> Transferred:
+    progress: Optional[Progress] = None,
+) -> FileFacts:
     """Bring ``source``'s bytes into ``part`` and check them against the expected size and sha256.
 
     ``session`` defaults to ``source.session``, else a fresh one. A ``source.local_path`` is
-    copied instead of downloaded. Raises :class:`MirrorFailed` (outcome tag + one line) when this
+    copied instead of downloaded. ``progress`` hears of every chunk written. Raises :class:`MirrorFailed` (outcome tag + one line) when this
     source cannot deliver; the part is kept for a resume unless its bytes are known bad.
     KeyboardInterrupt leaves part and sidecar consistent and propagates.
     """
@@ -107,21 +97,22 @@ def transfer(
     target = str(source.local_path) if source.local_path is not None else source.stable_url or source.url
     identity = {"url": target, "expected_size": expected_size, "expected_sha256": expected_sha256}
     partfile = _Part(Path(part), identity, want_md5)
+    progress = _progress(label, progress)
     try:
         if source.local_path is not None:
-            _copy(Path(source.local_path), partfile, label)
+            _copy(Path(source.local_path), partfile, label, progress, source.compression, expected_size)
             result = _check(partfile, expected_size, expected_sha256, label)
         else:
             web.check_url_allowed(source.url)
             partfile.open(resume=_resumable(partfile, expected_sha256))
             session = session or source.session or requests.Session()
-            _download(source, partfile, expected_size, session, policy, label)
+            _download(source, partfile, expected_size, session, policy, label, progress)
             result = _check(partfile, expected_size, expected_sha256, label)
             if isinstance(result, MirrorFailed) and partfile.spliced:
                 # a server may change a file without changing its validator: one clean run decides
-                console.log(f"{result}; the bytes came from several answers, downloading once more from 0")
+                log.info(f"{result}; the bytes came from several answers, downloading once more from 0")
                 partfile.restart()
-                _download(source, partfile, expected_size, session, policy, label)
+                _download(source, partfile, expected_size, session, policy, label, progress)
                 result = _check(partfile, expected_size, expected_sha256, label)
         if isinstance(result, MirrorFailed):
             partfile.discard()
@@ -142,47 +133,49 @@ def _resumable(part: "_Part", expected_sha256: Optional[str]) -> bool:
 
 
 def _check(part: "_Part", expected_size: Optional[int], expected_sha256: Optional[str],
-           label: str) -> Transferred | MirrorFailed:
-    """The complete part measured against the expectations: the result, or the failure to raise."""
+           label: str) -> FileFacts | MirrorFailed:
+    """The complete part measured against the expectations: its facts, or the failure to raise."""
     size, digests = part.finish()
-    if expected_size is not None and size != expected_size:
-        return MirrorFailed("size mismatch", f"{label}: expected {expected_size} bytes, got {size}")
-    if expected_sha256 is not None and digests["sha256"] != expected_sha256.lower():
-        return MirrorFailed("hash mismatch", f"{label}: expected sha256 {expected_sha256.lower()}, got {digests['sha256']}")
-    return Transferred(part.path, size, digests["sha256"], digests.get("md5"), part.resumed_from)
+    facts = FileFacts(part.path, size, digests["sha256"], digests.get("md5"), label)
+    problem = mismatch(facts, size=expected_size, sha256=expected_sha256)
+    if problem is not None:
+        field, words = problem
+        return MirrorFailed("size mismatch" if field == "size" else "hash mismatch", f"{label}: {words}")
+    if part.resumed_from:
+        log.info(f"{label}: resumed from byte {part.resumed_from} of an earlier run")
+    return facts
 
 
 # -- the download loop ---------------------------------------------------------------------------
 
 
 def _download(source: Source, part: "_Part", expected_size: Optional[int], session: requests.Session,
-              policy: RetryPolicy, label: str) -> None:
+              policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None]) -> None:
     """Grow ``part`` until the server says it is complete; retry what is worth retrying."""
     failures, longest = 0, part.size
-    with _progress(label) as progress:
-        while True:
-            try:
-                if not (expected_size and part.size == expected_size):
-                    _attempt(source, part, expected_size, session, policy, label, progress)
-                return
-            except _Retry as retry:
-                outcome, message, retry_after = retry.outcome, str(retry), retry.retry_after
-            except requests.exceptions.SSLError as err:
-                raise MirrorFailed("tls error", f"{label}: TLS failed ({err})") from None
-            except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError):
-                outcome, message, retry_after = "timeout", f"{label}: timed out at byte {part.size}", None
-            except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
-                    urllib3.exceptions.HTTPError) as err:
-                outcome, retry_after = "connection error", None
-                message = f"{label}: connection failed at byte {part.size} ({type(err).__name__})"
-            if part.size > longest:
-                longest, failures = part.size, 0
-            failures += 1
-            if failures >= policy.attempts:
-                raise MirrorFailed(outcome, f"{message} (gave up after {failures} attempts)")
-            wait = policy.wait(failures, retry_after)
-            console.log(f"{message}; retrying in {wait:.1f}s")
-            time.sleep(wait)
+    while True:
+        try:
+            if not (expected_size and part.size == expected_size):
+                _attempt(source, part, expected_size, session, policy, label, progress)
+            return
+        except _Retry as retry:
+            outcome, message, retry_after = retry.outcome, str(retry), retry.retry_after
+        except requests.exceptions.SSLError as err:
+            raise MirrorFailed("tls error", f"{label}: TLS failed ({err})") from None
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError):
+            outcome, message, retry_after = "timeout", f"{label}: timed out at byte {part.size}", None
+        except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
+                urllib3.exceptions.HTTPError) as err:
+            outcome, retry_after = "connection error", None
+            message = f"{label}: connection failed at byte {part.size} ({type(err).__name__})"
+        if part.size > longest:
+            longest, failures = part.size, 0
+        failures += 1
+        if failures >= policy.attempts:
+            raise MirrorFailed(outcome, f"{message} (gave up after {failures} attempts)")
+        wait = policy.wait(failures, retry_after)
+        log.info(f"{message}; retrying in {wait:.1f}s")
+        time.sleep(wait)
 
 
 def _attempt(source: Source, part: "_Part", expected_size: Optional[int], session: requests.Session,
@@ -214,7 +207,7 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
             total = _check_content_range(response, part, offset, expected_size, label)
         else:
             if offset:
-                console.log(f"{label}: the server sent the whole file again; restarting from 0")
+                log.info(f"{label}: the server sent the whole file again; restarting from 0")
                 part.restart()
             total = _int(response.headers.get("Content-Length"))
             if None not in (total, expected_size) and total != expected_size:
@@ -287,16 +280,29 @@ def _looks_like_html(chunk: bytes) -> bool:
     return chunk[:64].lstrip().lower().startswith((b"<!doctype", b"<html"))
 
 
-def _copy(path: Path, part: "_Part", label: str) -> None:
-    """A local mirror: copy through the same hashing part writer."""
+def _copy(path: Path, part: "_Part", label: str, progress: Callable[[int, Optional[int]], None],
+          compression: Optional[str] = None, limit: Optional[int] = None) -> None:
+    """A local mirror: copy (decompressing a gzip file) through the same hashing part writer, never
+    past ``limit`` bytes (a file that decompresses to more is not the artifact)."""
     if not path.is_file():
         raise MirrorFailed("missing", f"{label}: no file at {path}")
     part.open(resume=False)
-    with open(path, "rb") as file, _progress(label) as progress:
-        total = path.stat().st_size
-        while chunk := file.read(CHUNK):
+    total = None if compression else path.stat().st_size
+    with (gzip.open(path, "rb") if compression == "gzip" else open(path, "rb")) as file:
+        while chunk := _read_or_fail(file, label):
+            if limit is not None and part.size + len(chunk) > limit:
+                part.discard()
+                raise MirrorFailed("too long", f"{label}: holds more than the {limit} bytes expected")
             part.append(chunk)
             progress(part.size, total)
+
+
+def _read_or_fail(file, label: str) -> bytes:
+    """The next chunk of a local file; a damaged gzip stream is this mirror's failure, not a crash."""
+    try:
+        return file.read(CHUNK)
+    except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
+        raise MirrorFailed("unreadable", f"{label}: {err}") from None
 
 
 # -- header parsing ------------------------------------------------------------------------------
@@ -320,19 +326,9 @@ def _int(value: Optional[str]) -> Optional[int]:
     return int(value) if value and value.isdigit() else None
 
 
-@contextlib.contextmanager
-def _progress(label: str) -> Iterator[Callable[[int, Optional[int]], None]]:
-    """A rich bar (bytes, speed, ETA) on stderr when :func:`console.show_progress`, else nothing."""
-    if not console.show_progress():
-        yield lambda done, total: None
-        return
-    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
-
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console.stderr) as bar:
-        task = bar.add_task(label, total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
+def _progress(label: str, progress: Optional[Progress]) -> Callable[[int, Optional[int]], None]:
+    """The caller's progress callback, bound to this transfer's label (bytes done, bytes in all)."""
+    return lambda done, total: report(progress, label, done, total)
 
 
 # -- the part file -------------------------------------------------------------------------------

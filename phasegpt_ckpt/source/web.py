@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import logging
 import os
 import time
 from email.utils import parsedate_to_datetime
@@ -25,8 +26,9 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
-from phasegpt_ckpt import console
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
+
+log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 10
 # Headers that may follow a redirect to another origin; anything else (Authorization, X-API-Key,
@@ -128,7 +130,7 @@ def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str
         return None
     if origin(endpoint) in {origin(s) for s in services if s} or _listed(endpoint):
         return token
-    console.warn(f"not sending {name} to {endpoint}: it is not {services[0]}; "
+    log.warning(f"not sending {name} to {endpoint}: it is not {services[0]}; "
                  f"if that server is yours, add it to ${TRUSTED_ENDPOINTS}")
     return None
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -31,12 +32,13 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from phasegpt_ckpt import __version__
-
-from phasegpt_ckpt import console
 from phasegpt_ckpt.atomic import atomic_path, fsync_directory, write_text
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.proof.digest import FileFacts
 from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors.base import MirrorBase
+
+log = logging.getLogger(__name__)
 
 TOFU = "unpinned (trust on first use)"
 
@@ -81,7 +83,7 @@ class Cache:
         try:
             lock.acquire(timeout=0)
         except Timeout:
-            console.log(f"waiting for another fetch of {name} to finish")
+            log.info(f"waiting for another fetch of {name} to finish")
             lock.acquire()
         try:
             yield
@@ -96,7 +98,7 @@ class Cache:
         except FileNotFoundError:
             return None
         except (OSError, ValidationError):
-            console.warn(f"ignoring the unreadable receipt {path}")
+            log.warning(f"ignoring the unreadable receipt {path}")
             return None
 
     def receipts(self) -> list[Receipt]:
@@ -116,14 +118,15 @@ class Cache:
         blob = self.blob(receipt.sha256)
         return receipt if blob.is_file() and blob.stat().st_size == receipt.size else None
 
-    def store(self, artifact: Artifact, part: Path, *, sha256: str, size: int, mirror: str, pin: str) -> Path:
-        """Move checked bytes from ``part`` into the cache, name them, write the receipt; returns the path.
+    def store(self, artifact: Artifact, facts: FileFacts, *, pin: str) -> Path:
+        """Move the verified file ``facts.path`` into the cache, name it, write the receipt; returns the path.
 
-        The caller has compared ``sha256`` and ``size`` with every expectation it holds.
+        Only bytes the proof stage passed come here; ``pin`` says what their sha256 was checked against.
         """
+        sha256, size, mirror = facts.sha256, facts.size, facts.origin
         blob = self.blob(sha256)
         self._dir("blobs")
-        os.replace(part, blob)  # even over an equal blob: these bytes were just checked, the old ones not
+        os.replace(facts.path, blob)  # even over an equal blob: these bytes were just checked, the old ones not
         blob.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # a hard-linked --dest copy must not be edited in place
         fsync_directory(blob.parent)
         readable = place(blob, self._dir("artifacts", artifact.name), artifact.filename)

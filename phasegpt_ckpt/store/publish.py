@@ -13,10 +13,9 @@ edited with ruamel.yaml's round trip, validated, and replaced atomically.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import io
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,23 +27,23 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from phasegpt_ckpt import manifests
-
-from phasegpt_ckpt import console
-
-from phasegpt_ckpt.source import web
 from phasegpt_ckpt.atomic import atomic_path
-from phasegpt_ckpt.store.cache import Cache
-from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, corpus_path, load_checkpoint
-from phasegpt_ckpt.proof.digest import hash_file
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
-from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest
+from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, load_checkpoint
+from phasegpt_ckpt.models.data import corpus_or_bundled
+from phasegpt_ckpt.proof.digest import FileFacts, hash_file
 from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
+from phasegpt_ckpt.proof.verify import describes, disagreement
+from phasegpt_ckpt.source import web
+from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest
 from phasegpt_ckpt.source.mirrors import resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.hf import REPO_ID, HfMirror
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
 from phasegpt_ckpt.source.mirrors.osf import OsfMirror
 from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
+
+log = logging.getLogger(__name__)
 
 # Each claim's tolerance, as a fraction of its value. The claims are measured here in float32, and a
 # float32 re-measurement on another machine or batch size changes only the order of the sums (the
@@ -86,7 +85,6 @@ def publish(
     tolerance: float = DEFAULT_TOLERANCE,
     data: str | Path | None = None,
     device: str = "cpu",
-    cache: Optional[Cache] = None,
 ) -> Published:
     """Add (or update) checkpoint ``path`` as artifact ``name`` in ``manifest``, with its metadata JSON.
 
@@ -101,24 +99,22 @@ def publish(
     path = _checkpoint_file(path)
     manifest_path = Path(manifest or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
     current = load_manifest(manifest_path)
-    cache = cache or Cache()
     filename, metadata_name, metadata_filename = _names(current, name, path)
     hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
-    ours = FileFacts(path, *hash_file(path))
+    ours = hash_file(path, want_md5=True)
     recorded = [_record_mirror(r, filename) for r in records]
     published_md5 = [_checked(mirror, ours).md5 is not None for mirror in recorded]
     previous = current.artifacts.get(name)
     # Recorded whenever a provider publishes md5 (fetch compares it before any byte moves), and kept
     # true for the new bytes when the entry already had one.
     md5 = ours.md5 if any(published_md5) or (previous is not None and previous.md5) else None
-    locate_options = {"manifest": current, "cache": cache}
-    ckpt = load_checkpoint(path, data=data, load_training_state=True, locate_options=locate_options)
-    measured = _measure(ckpt, corpus_path(data, **locate_options), device) if measure else None
+    ckpt = load_checkpoint(path, data=data, load_training_state=True)
+    measured = _measure(ckpt, corpus_or_bundled(data), device) if measure else None
     info_file = info_path(path)
     info = build_info(name, ckpt.config, ckpt.training_state or {}, size=ours.size, sha256=ours.sha256,
-                      validation=measured and measured.summary(), known=_known_info(info_file, ours.sha256))
+                      validation=measured and measured.summary(), known=_known_info(info_file, ours))
     save_info(info, info_file)
-    info_facts = FileFacts(info_file, *hash_file(info_file))
+    info_facts = hash_file(info_file)
 
     ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file)
     revision = None
@@ -141,38 +137,24 @@ def publish(
                      [m.describe() for m in updated.artifact(name).mirrors], revision)
 
 
-@dataclass
-class FileFacts:
-    """A local file's size and sha256 (computed once), and its md5 when something asks for it."""
-
-    path: Path
-    size: int
-    sha256: str
-
-    @functools.cached_property
-    def md5(self) -> str:
-        with open(self.path, "rb") as handle:
-            return hashlib.file_digest(handle, "md5").hexdigest()
-
-
 # -- the metadata JSON ------------------------------------------------------------------------------
 
 
-def _known_info(path: Path, sha256: str) -> Optional[dict]:
+def _known_info(path: Path, ours: FileFacts) -> Optional[dict]:
     """A metadata JSON already at ``path`` that vouches for these very bytes (the trainer's, a
     previous publish), else None: a JSON about other bytes says nothing about this file."""
     try:
         known = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return known if isinstance(known, dict) and str(known.get("sha256", "")).lower() == sha256 else None
+    return known if isinstance(known, dict) and describes(known.get("sha256"), ours) else None
 
 
 def _measure(ckpt: LoadedCheckpoint, corpus: Path, device: str):
     """The checkpoint's validation numbers, measured on the model already loaded."""
     from phasegpt_ckpt.models.evaluate import measure, validation_loader
 
-    console.log(f"measuring {ckpt.path} on the validation split ({device}) ...")
+    log.info(f"measuring {ckpt.path} on the validation split ({device}) ...")
     return measure(ckpt.model, validation_loader(ckpt, corpus), device=device)
 
 
@@ -203,14 +185,14 @@ def upload_to_hub(mirror: HfMirror, files: dict[str, Path]) -> str:
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     api = HfApi(endpoint=mirror.base_url())
-    quiet = not console.show_progress() and not are_progress_bars_disabled()
+    quiet = not are_progress_bars_disabled()  # the library prints nothing, huggingface_hub's bars included
     if quiet:
         disable_progress_bars()
     try:
         try:
             api.repo_info(mirror.repo)
         except RepositoryNotFoundError:  # create_repo(exist_ok) alone misreads a non-HF endpoint on 403
-            console.log(f"creating {mirror.repo} on {mirror.base_url()}")
+            log.info(f"creating {mirror.repo} on {mirror.base_url()}")
             api.create_repo(mirror.repo, exist_ok=True)
         operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
         commit = api.create_commit(mirror.repo, operations, commit_message=f"Publish {', '.join(files)}")
@@ -219,7 +201,7 @@ def upload_to_hub(mirror: HfMirror, files: dict[str, Path]) -> str:
     finally:
         if quiet:
             enable_progress_bars()
-    console.log(f"uploaded {', '.join(files)} to {mirror.repo} at commit {commit.oid}")
+    log.info(f"uploaded {', '.join(files)} to {mirror.repo} at commit {commit.oid}")
     return commit.oid
 
 
@@ -318,7 +300,8 @@ def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> Sou
             unreachable = err.outcome in ("network", "timeout") or err.outcome.startswith("5")
             raise (MirrorsExhausted if unreachable else BadInput)(f"cannot list {mirror.describe()}: {err}") from None
     # fetch compares the same fields before any byte moves: every one must hold
-    mismatch = source.disagreement(size=ours.size, sha256=ours.sha256, md5=ours.md5 if source.md5 else None)
+    mismatch = disagreement(source.published(), {"size": ours.size, "sha256": ours.sha256,
+                                                  "md5": ours.md5 if source.md5 else None})
     if mismatch is not None and mismatch[0] == "size":
         raise VerificationFailed(f"{mirror.describe()} has {mismatch[1]} bytes, {ours.path} has {ours.size}: "
                                  "not listing it")
@@ -472,10 +455,10 @@ def _warn_stale(current: Manifest, name: str, entry: dict[str, Any]) -> None:
     stale = [m.describe() for m in previous.mirrors
              if m.published and _identity(_mirror_fields(m)) not in fresh and not isinstance(m, LocalMirror)]
     if stale:
-        console.warn(f"{name} has new bytes; its mirrors {', '.join(stale)} still serve the previous ones "
+        log.warning(f"{name} has new bytes; its mirrors {', '.join(stale)} still serve the previous ones "
                      "(fetch skips them on the hash): publish there again or remove them from the manifest")
     if previous.claims and not entry.get("claims", True):
-        console.warn(f"{name} has new bytes but keeps the claims measured on the previous ones: "
+        log.warning(f"{name} has new bytes but keeps the claims measured on the previous ones: "
                      "publish with --eval to measure these")
 
 

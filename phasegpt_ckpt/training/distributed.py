@@ -6,6 +6,7 @@ on CUDA, gloo on the CPU) and takes its device; rank 0 alone prints and writes.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from dataclasses import dataclass
 from typing import Iterator
@@ -13,7 +14,6 @@ from typing import Iterator
 import torch
 import torch.distributed as dist
 
-from phasegpt_ckpt import console
 from phasegpt_ckpt.models.device import pick_device
 
 
@@ -49,12 +49,14 @@ def placement(device: str | torch.device = "auto") -> Iterator[Placement]:
         torch.cuda.set_device(chosen)
     _enable_tf32(chosen)
     dist.init_process_group("nccl" if chosen.type == "cuda" else "gloo")
-    quiet = console.quiet
-    console.quiet = console.quiet or rank != 0
+    ours = logging.getLogger("phasegpt_ckpt")
+    level = ours.level
+    if rank != 0:  # one process speaks for the run; the others say only what went wrong
+        ours.setLevel(max(level, logging.WARNING))
     try:
         yield Placement(chosen, rank, world_size)
     finally:
-        console.quiet = quiet
+        ours.setLevel(level)
         dist.destroy_process_group()
 
 

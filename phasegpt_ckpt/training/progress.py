@@ -7,48 +7,35 @@ epoch into a PNG (matplotlib is an optional extra).
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Optional
 
-from phasegpt_ckpt import console
 from phasegpt_ckpt.atomic import atomic_path, write_text
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.reporting import Progress, report
+
+log = logging.getLogger(__name__)
 
 
 class EpochProgress:
-    """Live stats of one epoch on stderr: a rich bar on a terminal, a line per ``log_interval`` steps otherwise."""
+    """Live stats of one epoch: to the caller's :class:`~phasegpt_ckpt.reporting.Progress` callback when it
+    gave one (the CLI draws a bar), else a log line every ``log_interval`` steps."""
 
-    def __init__(self, epoch: int, total_epochs: int, steps: int, done: int, log_interval: int, enabled: bool):
+    def __init__(self, epoch: int, total_epochs: int, steps: int, log_interval: int, enabled: bool,
+                 progress: Optional[Progress] = None):
         self.label = f"epoch {epoch}/{total_epochs}"
-        self.steps, self.done, self.log_interval = steps, done, log_interval
-        self.enabled = enabled and not console.quiet
-        self.bar = None
-        if self.enabled and console.show_progress():
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[stats]}"), TimeElapsedColumn(),
-                                console=console.stderr, transient=True)
-
-    def __enter__(self) -> "EpochProgress":
-        if self.bar is not None:
-            self.bar.start()
-            self.task = self.bar.add_task(self.label, total=self.steps, completed=self.done, stats="")
-        return self
+        self.steps, self.log_interval, self.enabled, self.progress = steps, log_interval, enabled, progress
 
     def update(self, step: int, loss: float, lr: float, tokens_per_s: float, R: Optional[float]) -> None:
         if not self.enabled:
             return
         stats = f"loss {loss:.4f} · lr {lr:.2e} · {tokens_per_s:,.0f} tok/s" + ("" if R is None else f" · R {R:.3f}")
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, stats=stats)
+        if self.progress is not None:
+            report(self.progress, self.label, step, self.steps, unit="steps", detail=stats)
         elif step % self.log_interval == 0:
-            console.log(f"{self.label} step {step}/{self.steps} · {stats}")
-
-    def __exit__(self, *exc) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+            log.info(f"{self.label} step {step}/{self.steps} · {stats}")
 
 
 def epoch_line(row: dict, total_epochs: int, improved: bool) -> str:

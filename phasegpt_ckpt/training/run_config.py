@@ -9,13 +9,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt,
-                      ValidationError, field_validator)
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+)
 
 from model import GPT2Config
-
-from phasegpt_ckpt.training import configs
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.training import configs
 
 
 class _Section(BaseModel):

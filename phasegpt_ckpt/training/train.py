@@ -31,6 +31,7 @@ metrics and the plot in :mod:`.progress`, the metadata JSON in :mod:`.metadata`.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
 import signal
@@ -45,23 +46,32 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from model import GPT2Model
-
 from phasegpt_ckpt import __version__
-
-from phasegpt_ckpt import console
-from phasegpt_ckpt.models.checkpoint import corpus_path, load_checkpoint, save_checkpoint
-from phasegpt_ckpt.models.data import get_dataloaders
-from phasegpt_ckpt.models.device import inference_autocast as autocast  # bf16 on CUDA; the phase trigonometry stays float32
-from phasegpt_ckpt.models.device import pick_device
-from phasegpt_ckpt.proof.digest import hash_file
-from phasegpt_ckpt.training.distributed import Placement, placement
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.models.checkpoint import load_checkpoint, save_checkpoint
+from phasegpt_ckpt.models.data import corpus_or_bundled, get_dataloaders
+from phasegpt_ckpt.models.device import (
+    inference_autocast as autocast,  # bf16 on CUDA; the phase trigonometry stays float32
+)
+from phasegpt_ckpt.models.device import pick_device
 from phasegpt_ckpt.models.evaluate import measure
+from phasegpt_ckpt.proof.digest import hash_file
 from phasegpt_ckpt.proof.metadata import build_info, info_path, provenance, save_info
-from phasegpt_ckpt.training.progress import EpochProgress, epoch_line, plot_metrics, read_metrics, require_matplotlib, write_metrics
+from phasegpt_ckpt.reporting import Progress
+from phasegpt_ckpt.training.distributed import Placement, placement
+from phasegpt_ckpt.training.progress import (
+    EpochProgress,
+    epoch_line,
+    plot_metrics,
+    read_metrics,
+    require_matplotlib,
+    write_metrics,
+)
 from phasegpt_ckpt.training.rng import restore_rng, rng_neutral_iter, rng_state
 from phasegpt_ckpt.training.run_config import RunConfig, load_config
 from phasegpt_ckpt.training.schedule import WarmupCosine, build_optimizer, build_scheduler, schedule_note
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 PLOT_FILE = "training.png"
@@ -101,13 +111,13 @@ class Trainer:
     def __init__(self, model: GPT2Model, train_loader, val_loader, config: RunConfig | dict, *,
                  device: str | torch.device = "cpu", save_dir: str | Path = "checkpoints",
                  optimizer: Optional[torch.optim.Optimizer] = None, scheduler=None,
-                 compile: bool = False, plot: bool = False):
+                 compile: bool = False, plot: bool = False, progress: Optional[Progress] = None):
         self.run = config if isinstance(config, RunConfig) else RunConfig.from_dict(config)
         self.device = pick_device(device)
         self.world_size = dist.get_world_size() if dist.is_initialized() else 1
         self.rank = dist.get_rank() if dist.is_initialized() else 0
         self.save_dir = Path(save_dir)
-        self.plot = plot
+        self.plot, self.progress = plot, progress
         if plot:
             require_matplotlib()
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -174,7 +184,7 @@ class Trainer:
         elif sampler["epoch"] == start_epoch:
             self.resume_position = sampler
         if lost and self.rank == 0:
-            console.warn(f"could not restore from the checkpoint: {'; '.join(lost)}")
+            log.warning(f"could not restore from the checkpoint: {'; '.join(lost)}")
         self.metrics = [row for row in read_metrics(self.save_dir / METRICS_FILE) if row["epoch"] < start_epoch]
         return start_epoch
 
@@ -203,7 +213,7 @@ class Trainer:
         factors = {id(fn): fn for fn in getattr(self.scheduler, "lr_lambdas", [])}.values()
         if not factors or not all(isinstance(fn, WarmupCosine) for fn in factors):
             if self.rank == 0:
-                console.warn(f"the given scheduler is not the published warmup-cosine one; it runs on unchanged "
+                log.warning(f"the given scheduler is not the published warmup-cosine one; it runs on unchanged "
                              f"past the {planned} epochs it was planned for")
             return
         for fn in factors:
@@ -212,7 +222,7 @@ class Trainer:
                                        {"from_epochs": planned, "to_epochs": total_epochs, "at_step": self.global_step}]
         self.schedule.update(planned_epochs=total_epochs, total_steps=total_steps)
         if self.rank == 0:
-            console.log(f"{schedule_note({'extensions': self.schedule['extensions'][-1:]})}: the cosine now runs "
+            log.info(f"{schedule_note({'extensions': self.schedule['extensions'][-1:]})}: the cosine now runs "
                         f"from lr {self.optimizer.param_groups[0]['lr']:.3g} to its floor at step {total_steps}")
 
     # -- the loop --------------------------------------------------------------------------------
@@ -229,7 +239,7 @@ class Trainer:
         self.save_dir.mkdir(parents=True, exist_ok=True)
         with self._stop_on_signals():
             if self.rank == 0:
-                console.log(f"training {self.run.experiment.name}: epochs {start_epoch}..{total_epochs}, "
+                log.info(f"training {self.run.experiment.name}: epochs {start_epoch}..{total_epochs}, "
                             f"{self.steps_per_epoch} steps of {self.windows_per_step} × {self.run.block_size} "
                             f"tokens each, on {self.device}"
                             + (f" × {self.world_size} processes" if self.world_size > 1 else ""))
@@ -259,17 +269,17 @@ class Trainer:
         tokens_per_step = self.windows_per_step * self.run.block_size  # all processes together
         loss_sum = torch.zeros((), device=self.device)
         started = tick = time.perf_counter()
-        with EpochProgress(epoch, total_epochs, self.steps_per_epoch, first_step,
-                           self.run.logging.log_interval, self.rank == 0) as progress:
-            for step_in_epoch in range(first_step + 1, self.steps_per_epoch + 1):
-                loss, R = self.step(batches)
-                loss_sum += loss
-                now = time.perf_counter()
-                progress.update(step_in_epoch, loss.item(), self.optimizer.param_groups[0]["lr"],
-                                tokens_per_step / max(now - tick, 1e-9), R)
-                tick = now
-                if self._stop_requested():
-                    self._save_interrupted(epoch, step_in_epoch)
+        progress = EpochProgress(epoch, total_epochs, self.steps_per_epoch, self.run.logging.log_interval,
+                                 self.rank == 0, self.progress)
+        for step_in_epoch in range(first_step + 1, self.steps_per_epoch + 1):
+            loss, R = self.step(batches)
+            loss_sum += loss
+            now = time.perf_counter()
+            progress.update(step_in_epoch, loss.item(), self.optimizer.param_groups[0]["lr"],
+                            tokens_per_step / max(now - tick, 1e-9), R)
+            tick = now
+            if self._stop_requested():
+                self._save_interrupted(epoch, step_in_epoch)
         steps = self.steps_per_epoch - first_step
         if self.world_size > 1:
             dist.all_reduce(loss_sum, op=dist.ReduceOp.AVG)
@@ -317,7 +327,7 @@ class Trainer:
             self.best_val_loss, self.best_val_ppl = row["val_loss"], row["val_ppl"]
         self.metrics.append(row)
         if self.rank == 0:
-            console.log(epoch_line(row, total_epochs, improved))
+            log.info(epoch_line(row, total_epochs, improved))
             write_metrics(self.metrics, self.save_dir / METRICS_FILE)
             windows = self.steps_per_epoch * self.windows_per_step
             sampler = {**self.sampler.state_dict(), "epoch": epoch, "position": windows}
@@ -366,14 +376,15 @@ class Trainer:
             position = step_in_epoch * self.windows_per_step
             sampler = {**self.sampler.state_dict(), "epoch": epoch, "position": position}
             path = self._save(self.checkpoint(epoch - 1, sampler), "interrupted.pt")
-            console.log(f"stopped at epoch {epoch}, step {self.global_step}; state saved to {path} "
+            log.info(f"stopped at epoch {epoch}, step {self.global_step}; state saved to {path} "
                         f"(continue: phasegpt-ckpt resume --model {path} --epochs {self.schedule['planned_epochs']})")
         raise KeyboardInterrupt
 
     def _write_info(self, checkpoint: dict, path: Path) -> None:
         """The seed's ``best_model_info.json`` for the checkpoint just written at ``path``."""
-        size, sha256 = hash_file(path)
-        info = build_info(self.run.experiment.name, self.raw_model.config, checkpoint, size=size, sha256=sha256)
+        facts = hash_file(path)
+        info = build_info(self.run.experiment.name, self.raw_model.config, checkpoint, size=facts.size,
+                          sha256=facts.sha256)
         info_file = save_info(info, info_path(path))
         if info_file.name not in self.files:
             self.files.append(info_file.name)
@@ -398,7 +409,7 @@ class Trainer:
                 raise KeyboardInterrupt
             self._stop_signal = signum
             if self.rank == 0:
-                console.log("stopping after this step to save interrupted.pt (signal again to stop at once)")
+                log.info("stopping after this step to save interrupted.pt (signal again to stop at once)")
 
         previous = {sig: signal.signal(sig, request_stop) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -420,61 +431,58 @@ class Trainer:
 # The two jobs the CLI runs
 
 
-def train(config: str | Path | RunConfig, *, epochs: Optional[int] = None, save_dir: str | Path | None = None,
-          data: str | Path | None = None, device: str = "auto", plot: bool = False, compile: bool = False,
-          locate_options: Optional[dict] = None) -> RunResult:
-    """Train a config (shipped NAME, YAML PATH or :class:`RunConfig`) from scratch.
+def train(config: str | Path | RunConfig, *, data: str | Path | None = None, epochs: Optional[int] = None,
+          save_dir: str | Path | None = None, device: str = "auto", plot: bool = False, compile: bool = False,
+          progress: Optional[Progress] = None) -> RunResult:
+    """Train a config (shipped NAME, YAML PATH or :class:`RunConfig`) from scratch on the corpus ``data``.
 
-    ``epochs`` overrides ``training.max_epochs``; ``save_dir`` defaults to ``checkpoints/<experiment
-    name>``; ``data`` defaults to the verified ``tinyshakespeare`` artifact.
+    ``data`` defaults to the corpus bundled with the package; ``epochs`` overrides ``training.max_epochs``;
+    ``save_dir`` defaults to ``checkpoints/<experiment name>``; ``progress`` hears every step.
     """
     run = config if isinstance(config, RunConfig) else load_config(config)
     if epochs is not None:
         run.training.max_epochs = epochs
     save_dir = Path(save_dir) if save_dir else Path("checkpoints") / run.experiment.name
-    corpus = corpus_path(data, **(locate_options or {}))
+    corpus = corpus_or_bundled(data)
     with placement(device) as where:
         _warn_unused(run, where)
-        trainer = build_trainer(run, corpus, where, save_dir, compile=compile, plot=plot)
+        trainer = build_trainer(run, corpus, where, save_dir, compile=compile, plot=plot, progress=progress)
         return trainer.train(1, run.training.max_epochs)
 
 
-def resume(model: str | Path | None = None, *, epochs: int, save_dir: str | Path | None = None,
-           data: str | Path | None = None, device: str = "auto", plot: bool = False, compile: bool = False,
-           locate_options: Optional[dict] = None) -> RunResult:
-    """Continue a checkpoint (artifact NAME or PATH; None: the manifest's default) to ``epochs`` in total.
+def resume(checkpoint: str | Path, *, epochs: int, data: str | Path | None = None, save_dir: str | Path | None = None,
+           device: str = "auto", plot: bool = False, compile: bool = False,
+           progress: Optional[Progress] = None) -> RunResult:
+    """Continue the checkpoint file ``checkpoint`` to ``epochs`` in total, on the corpus ``data``.
 
     Restores weights, AdamW state, scheduler, RNG and data position; ``epochs`` beyond the planned
-    total extends the schedule. ``save_dir`` defaults to the checkpoint's own directory for a PATH
-    and to ``checkpoints/<name>`` for an artifact.
+    total extends the schedule. ``save_dir`` defaults to the checkpoint's own directory; ``data`` to
+    the corpus bundled with the package. (``Store.resume`` takes an artifact NAME as well.)
     """
-    from phasegpt_ckpt.store.fetch import locate
-
-    located = locate(None if model is None else str(model), **(locate_options or {}))
-    corpus = corpus_path(data, **(locate_options or {}))
-    if save_dir is None:
-        save_dir = located.path.parent if located.artifact is None else Path("checkpoints") / located.artifact.name
+    checkpoint = Path(checkpoint)
+    corpus = corpus_or_bundled(data)
+    save_dir = Path(save_dir) if save_dir is not None else checkpoint.parent
     with placement(device) as where:
-        loaded = load_checkpoint(located.path, data=corpus, device=where.device, load_training_state=True)
+        loaded = load_checkpoint(checkpoint, data=corpus, device=where.device, load_training_state=True)
         state = loaded.training_state
         done = int(state.get("epoch") or 0)
         if epochs <= done:
-            raise BadInput(f"{located.path} has already trained {done} epochs; pass --epochs greater than {done}")
+            raise BadInput(f"{checkpoint} has already trained {done} epochs; pass --epochs greater than {done}")
         run = RunConfig.from_dict({**loaded.full_config, "model": loaded.config.to_dict()},
-                                  source=f"the config in {located.path}")
+                                  source=f"the config in {checkpoint}")
         if run.training.steps_per_epoch is None and "schedule" not in state and done and state.get("global_step"):
             # A published checkpoint: keep the epoch length it was trained with (3240 steps / 18 = 180).
             run.training.steps_per_epoch = int(state["global_step"]) // done
         _warn_unused(run, where)
-        trainer = build_trainer(run, corpus, where, Path(save_dir), model=loaded.model, vocab=loaded.vocab,
-                                compile=compile, plot=plot)
+        trainer = build_trainer(run, corpus, where, save_dir, model=loaded.model, vocab=loaded.vocab,
+                                compile=compile, plot=plot, progress=progress)
         start_epoch = trainer.restore(state)
         return trainer.train(start_epoch, epochs)
 
 
 def build_trainer(run: RunConfig, corpus: str | Path, where: Placement, save_dir: Path, *,
                   model: Optional[GPT2Model] = None, vocab: Optional[str] = None,
-                  compile: bool = False, plot: bool = False) -> Trainer:
+                  compile: bool = False, plot: bool = False, progress: Optional[Progress] = None) -> Trainer:
     """Loaders, model (fresh from ``experiment.seed`` unless given) and :class:`Trainer` for one process."""
     t = run.training
     if t.batch_size % where.world_size:
@@ -499,10 +507,10 @@ def build_trainer(run: RunConfig, corpus: str | Path, where: Placement, save_dir
     if where.rank:  # every rank starts from rank 0's weights (DDP broadcasts them); dropout differs
         torch.manual_seed(seed + where.rank)
     return Trainer(model, train_loader, val_loader, run, device=where.device, save_dir=save_dir,
-                   compile=compile, plot=plot)
+                   compile=compile, plot=plot, progress=progress)
 
 
 def _warn_unused(run: RunConfig, where: Placement) -> None:
     unused = run.unused_keys()
     if unused and where.is_main:
-        console.warn(f"config keys this trainer does not use (kept, ignored): {', '.join(unused)}")
+        log.warning(f"config keys this trainer does not use (kept, ignored): {', '.join(unused)}")

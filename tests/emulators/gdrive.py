@@ -3,10 +3,11 @@ drive.usercontent.google.com.
 
 Host A answers ``/uc?id=`` and ``/open?id=`` with a 303 to host B's ``/download``, which serves
 small files at once and large ones only once the virus-scan form (on one line, a fresh
-``uuid`` per page, good for the file it was issued for only) has been submitted. Switchable
-pages per file: ``quota`` (Quota exceeded), ``private`` (a redirect to a sign-in page) and
-``legacy`` (the pre-2024 confirm link, which gdown prefixes with docs.google.com: route that
-host to host A too). ``nid_cookie=True`` adds Google's ``Set-Cookie: NID=...; Domain=.google.com``
+``uuid`` per page, good for the file it was issued for only) has been submitted; a file's
+``uuid_for`` makes its page hand out a uuid issued for another file. Switchable pages per
+file: ``quota`` (Quota exceeded), ``private`` (a redirect to a sign-in page) and ``legacy``
+(the pre-2024 confirm link, which gdown prefixes with docs.google.com: route that host to
+host A too). ``nid_cookie=True`` adds Google's ``Set-Cookie: NID=...; Domain=.google.com``
 to every answer of both hosts::
 
     with DriveEmulator(nid_cookie=True) as drive:
@@ -44,6 +45,7 @@ class DriveFile:
     blob: Blob
     large: bool = False  # too large to scan: the virus-scan warning comes first
     mode: Mode = "public"
+    uuid_for: str | None = None  # set: its warning page hands out a uuid issued for that other file
 
     @property
     def legacy_token(self) -> str:
@@ -97,7 +99,7 @@ class DriveEmulator(FileServer):
 
     def _virus_scan_page(self, file_id: str, drive_file: DriveFile) -> str:
         fresh = str(uuid.uuid4())
-        self.issued_uuids[fresh] = file_id
+        self.issued_uuids[fresh] = drive_file.uuid_for or file_id
         hidden = "".join(f'<input type="hidden" name="{name}" value="{value}">' for name, value in (
             ("id", file_id), ("export", "download"), ("authuser", "0"), ("confirm", "t"), ("uuid", fresh)))
         return ("<!DOCTYPE html><html><head><title>Google Drive - Virus scan warning</title></head><body>\n"

@@ -11,6 +11,7 @@ provider cannot serve the file. The transfer engine then moves the bytes.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,10 +21,10 @@ from urllib.parse import urlsplit
 import requests
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-from phasegpt_ckpt import console
-
-from phasegpt_ckpt.source import web
 from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source import web
+
+log = logging.getLogger(__name__)
 
 # Metadata calls are small: fail over to the next mirror quickly rather than wait.
 API_TIMEOUT = (10, 30)
@@ -58,6 +59,7 @@ class Source:
     any byte moves. ``session`` carries provider cookies (Google Drive) when needed.
     ``stable_url`` names the file when ``url`` changes at every resolution (a signed CDN link,
     Drive's confirmed form): a part left by an earlier run is resumed only for the same one.
+    ``compression`` ("gzip") says ``local_path`` holds the bytes compressed; they are checked decompressed.
     """
 
     label: str
@@ -70,20 +72,15 @@ class Source:
     revision: Optional[str] = None
     session: Optional[requests.Session] = None
     stable_url: Optional[str] = None
+    compression: Optional[str] = None  # "gzip": ``local_path`` holds the bytes compressed
 
-    def disagreement(self, *, size: Optional[int], sha256: Optional[str],
-                     md5: Optional[str]) -> Optional[tuple[str, Any, Any]]:
-        """The first of size, sha256, md5 that the provider publishes and that differs from what is
-        known (None: unknown, not compared): ``(field, published, known)``, or None when all agree.
+    def published(self) -> dict[str, Any]:
+        """What the provider publishes about the file (None where nothing), for the proof stage to compare.
 
-        >>> Source("x", size=3, md5="AB").disagreement(size=3, sha256="cd" * 32, md5="ef")
-        ('md5', 'ab', 'ef')
+        >>> Source("x", size=3, md5="AB").published()
+        {'size': 3, 'sha256': None, 'md5': 'AB'}
         """
-        published = {"size": self.size, "sha256": self.sha256 and self.sha256.lower(), "md5": self.md5 and self.md5.lower()}
-        for name, known in (("size", size), ("sha256", sha256), ("md5", md5)):
-            if known is not None and published[name] is not None and published[name] != known:
-                return name, published[name], known
-        return None
+        return {"size": self.size, "sha256": self.sha256, "md5": self.md5}
 
 
 def get(session: requests.Session, url: str, *, what: str, **kwargs: Any) -> requests.Response:
@@ -106,7 +103,7 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
     response = get(session, url, what=what, **kwargs)
     if response.status_code == 429:  # rate limited (Zenodo allows 60 anonymous calls a minute): wait, once
         wait = min(web.retry_after(response.headers.get("Retry-After")) or 1.0, MAX_API_WAIT)
-        console.log(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.0f}s")
+        log.info(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.0f}s")
         time.sleep(wait)
         response = get(session, url, what=what, **kwargs)
     if response.status_code >= 400:

@@ -18,8 +18,8 @@ from typing import Literal
 import requests
 from pydantic import model_validator
 
-from phasegpt_ckpt.source import web
 from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get
 
 FILE_ID = re.compile(r"[-\w]{25,}")

@@ -19,9 +19,9 @@ from urllib.parse import urljoin
 import requests
 from pydantic import field_validator
 
-from phasegpt_ckpt.source import web
-from phasegpt_ckpt.proof.digest import SHA256_HEX
 from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.proof.digest import SHA256_HEX
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import API_TIMEOUT, Endpoint, MirrorBase, Source
 
 HUB = "https://huggingface.co"
@@ -65,7 +65,7 @@ def resolve(mirror: HfMirror, session: requests.Session) -> Source:
     # Imported here: huggingface_hub costs ~0.3 s to import, paid only when an hf mirror is tried.
     import httpx2
     from huggingface_hub import get_hf_file_metadata, get_token, hf_hub_url
-    from huggingface_hub.errors import HFValidationError, HfHubHTTPError, OfflineModeIsEnabled
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError, OfflineModeIsEnabled
 
     endpoint = mirror.base_url()
     token = web.trusted_token(get_token(), endpoint, HUB, os.environ.get("HF_ENDPOINT"), name="HF_TOKEN")
@@ -96,8 +96,8 @@ def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> Mi
     import httpx2
     from huggingface_hub.errors import (
         GatedRepoError,
-        HFValidationError,
         HfHubHTTPError,
+        HFValidationError,
         OfflineModeIsEnabled,
         RemoteEntryNotFoundError,
         RepositoryNotFoundError,

@@ -8,7 +8,7 @@ A relative ``path`` in a manifest is taken from the manifest file's directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Optional
 
 import requests
 from pydantic import ValidationInfo, field_validator
@@ -18,10 +18,12 @@ from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 
 
 class LocalMirror(MirrorBase):
-    """``path``: absolute, ``~``-relative, or relative to the manifest's directory."""
+    """``path``: absolute, ``~``-relative, or relative to the manifest's directory; ``compression: gzip``
+    for a file kept compressed (the corpus bundled with the package), checked as it decompresses."""
 
     type: Literal["local"] = "local"
     path: Path
+    compression: Optional[Literal["gzip"]] = None
 
     @field_validator("path")
     @classmethod
@@ -35,7 +37,7 @@ class LocalMirror(MirrorBase):
 
 
 def resolve(mirror: LocalMirror, session: requests.Session) -> Source:
-    """The file itself; its size on disk is what this mirror "publishes"."""
+    """The file itself; its size on disk is what this mirror "publishes" (nothing, when it is compressed)."""
     try:
         size = mirror.path.stat().st_size
     except FileNotFoundError:
@@ -44,4 +46,6 @@ def resolve(mirror: LocalMirror, session: requests.Session) -> Source:
         raise MirrorFailed("unreadable", f"cannot read {mirror.path}: {err.strerror}") from None
     if not mirror.path.is_file():
         raise MirrorFailed("not a file", f"{mirror.path} is not a regular file")
+    if mirror.compression:
+        return Source(label=mirror.describe(), local_path=mirror.path, compression=mirror.compression)
     return Source(label=mirror.describe(), local_path=mirror.path, size=size)

@@ -15,8 +15,8 @@ from typing import Literal, Optional
 import requests
 from pydantic import model_validator
 
-from phasegpt_ckpt.source import web
 from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json
 
 OSF_API = "https://api.osf.io"

@@ -18,8 +18,8 @@ from urllib.parse import quote
 import requests
 from pydantic import Field, model_validator
 
-from phasegpt_ckpt.source import web
 from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json
 
 DOI = re.compile(r"10\.(?:5281|5072)/zenodo\.(\d+)")

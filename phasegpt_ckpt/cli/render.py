@@ -1,0 +1,123 @@
+"""Where the command line's output goes: results to stdout, logs and progress to stderr.
+
+The library logs and reports progress through callbacks; this module is what turns them into a
+terminal's lines and bars. :func:`setup` installs the one handler on ``phasegpt_ckpt``'s logger
+(``--quiet``: errors only); :class:`Bars` is the progress callback the commands hand to the Store.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any, Optional
+
+from rich.console import Console
+
+stdout = Console(soft_wrap=True, highlight=False)
+stderr = Console(stderr=True, soft_wrap=True, highlight=False)
+quiet = False
+LOGGER = logging.getLogger("phasegpt_ckpt")
+
+
+class _Lines(logging.Handler):
+    """Each record as one line on stderr, through rich (so lines stay above a live progress bar):
+    ``warning: ...`` for warnings, the bare message for information."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            prefix = "warning: " if record.levelno == logging.WARNING else ""
+            stderr.print(prefix + message, markup=False)
+        except Exception:  # a broken pipe on stderr must not become a traceback
+            self.handleError(record)
+
+
+_handler: Optional[_Lines] = None
+
+
+def setup(be_quiet: bool) -> None:
+    """Show the library's log records on stderr: information and warnings, or with ``--quiet`` none
+    (an error still ends the command with its one ``error:`` line)."""
+    global _handler, quiet
+    teardown()
+    quiet = be_quiet
+    _handler = _Lines()
+    LOGGER.addHandler(_handler)
+    LOGGER.setLevel(logging.ERROR if be_quiet else logging.INFO)
+
+
+def teardown() -> None:
+    """Take the handler off again and leave the logger as a library user finds it."""
+    global _handler, quiet
+    if _handler is not None:
+        LOGGER.removeHandler(_handler)
+        LOGGER.setLevel(logging.NOTSET)
+    _handler, quiet = None, False
+
+
+def show_progress() -> bool:
+    """Progress bars only on an interactive stderr and without ``--quiet``."""
+    return not quiet and sys.stderr.isatty()
+
+
+def print_json(document: Any) -> None:
+    """Exactly one JSON document on stdout."""
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def note(message: str) -> None:
+    """A status line on stderr (none with ``--quiet``)."""
+    if not quiet:
+        stderr.print(message, markup=False)
+
+
+def table(rich_table) -> None:
+    """A table on stderr (an outcome table explaining an error or a skipped mirror); none with ``--quiet``."""
+    if not quiet:
+        stderr.print(rich_table)
+
+
+class Bars:
+    """A :class:`~phasegpt_ckpt.reporting.Progress` callback drawing one rich bar per task on stderr:
+    bytes with speed and ETA, or steps with the task's status. Use as a context manager."""
+
+    def __init__(self):
+        self._bars: dict[str, Any] = {}
+
+    def __enter__(self) -> "Bars":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for live in {id(bar): bar for bar, _ in self._bars.values()}.values():
+            live.stop()
+        self._bars = {}
+
+    def __call__(self, task: str, done: float, total: Optional[float], *, unit: str = "B", detail: str = "") -> None:
+        if task not in self._bars:
+            bar = self._new_bar(unit)
+            bar.start()
+            self._bars[task] = (bar, bar.add_task(task, total=total, detail=detail))
+        bar, handle = self._bars[task]
+        bar.update(handle, completed=done, total=total, detail=detail)
+
+    @staticmethod
+    def _new_bar(unit: str):
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
+        if unit == "B":
+            columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                       TimeRemainingColumn())
+        else:
+            columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        return Progress(*columns, console=stderr, transient=unit != "B")

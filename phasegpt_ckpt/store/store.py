@@ -1,0 +1,308 @@
+"""The Store: the one object a Python user holds, as pooch's ``Pooch`` is.
+
+It resolves the defaults once (the shipped manifest or ``--manifest``/``$PHASEGPT_MANIFEST``, the
+platform's cache directory or ``$PHASEGPT_CACHE``, ``$PHASEGPT_OFFLINE``) and answers everything the
+command line does, as return values: fetch, import, locate, verify (with ``evaluate=True`` the
+claims too), info, list, load, analyze, train, resume, publish. It logs to ``logging`` and prints
+nothing; pass ``progress`` to hear how far a download or a training epoch got.
+
+>>> from phasegpt_ckpt import Store
+>>> store = Store(offline=True)                                        # doctest: +SKIP
+>>> verdict = store.verify("phasegpt-tiny", evaluate=True)             # doctest: +SKIP
+>>> verdict.ok, verdict.evaluation.measurement.ppl                     # doctest: +SKIP
+(True, 7.4279...)
+>>> store.fetch("tinyshakespeare").path                                # doctest: +SKIP
+PosixPath('.../artifacts/tinyshakespeare/input.txt')
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Optional, Sequence
+
+from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, PhasegptError, VerificationFailed
+from phasegpt_ckpt.proof import verify as proof
+from phasegpt_ckpt.proof.digest import hash_file
+from phasegpt_ckpt.proof.metadata import CheckpointInfo
+from phasegpt_ckpt.reporting import Progress
+from phasegpt_ckpt.source.manifest import Artifact, Manifest, load_manifest
+from phasegpt_ckpt.source.transfer import RetryPolicy
+from phasegpt_ckpt.store import fetch as fetching
+from phasegpt_ckpt.store.cache import Cache
+from phasegpt_ckpt.store.fetch import Fetched, Located
+
+if TYPE_CHECKING:
+    from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint
+    from phasegpt_ckpt.store.publish import Published
+    from phasegpt_ckpt.training.train import RunResult
+
+log = logging.getLogger(__name__)
+
+CORPUS = "tinyshakespeare"  # the artifact whose text models are measured on when no --data is given
+
+
+class Store:
+    """A manifest, a cache and the offline switch, resolved once; every operation of the tool as a method.
+
+    ``manifest``: a YAML path or a :class:`Manifest` (default ``$PHASEGPT_MANIFEST``, else the shipped
+    one); ``cache_dir``: default ``$PHASEGPT_CACHE``, else the platform's user cache; ``offline``:
+    default ``$PHASEGPT_OFFLINE`` (cache and ``local`` mirrors only); ``progress``: a
+    :class:`~phasegpt_ckpt.reporting.Progress` callback for downloads and training.
+    """
+
+    def __init__(self, manifest: str | Path | Manifest | None = None, cache_dir: str | Path | None = None,
+                 offline: Optional[bool] = None, *, progress: Optional[Progress] = None):
+        self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
+        self.manifest_path = None if isinstance(manifest, Manifest) else _manifest_path(manifest)
+        self.cache = Cache(cache_dir)
+        self.offline = _env_flag("PHASEGPT_OFFLINE") if offline is None else offline
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"Store(manifest={str(self.manifest_path or '<object>')!r}, cache_dir={str(self.cache.root)!r}, " \
+               f"offline={self.offline})"
+
+    # -- bytes in ------------------------------------------------------------------------------------
+
+    def fetch(self, name: Optional[str] = None, *, mirror_type: Optional[str] = None, dest: str | Path | None = None,
+              force: bool = False, policy: Optional[RetryPolicy] = None) -> Fetched:
+        """Artifact ``name`` (the manifest's default when None) as a verified local file.
+
+        The cache first (unless ``force``), then each mirror in the manifest's order; ``mirror_type``
+        tries only mirrors of that type; ``dest`` also places the file at ``dest/<filename>``; ``policy``
+        sets each transfer's timeouts and retries. Concurrent calls for one artifact, from threads or
+        processes, transfer it once. Raises ``MirrorsExhausted`` (with ``.outcomes``) when no mirror delivers.
+        """
+        return fetching.fetch(self, name, mirror_type=mirror_type, dest=dest, policy=policy, force=force)
+
+    def fetch_all(self, names: Sequence[str], **options: Any) -> list[Fetched | MirrorsExhausted]:
+        """:meth:`fetch` each of ``names`` (every name checked before anything moves); a failed one is
+        its ``MirrorsExhausted`` in the list, so one dead artifact does not stop the others."""
+        for name in names:
+            self.manifest.artifact(name)
+        results: list[Fetched | MirrorsExhausted] = []
+        for name in names:
+            try:
+                results.append(self.fetch(name, **options))
+            except MirrorsExhausted as err:
+                err.name = name
+                results.append(err)
+        return results
+
+    def import_file(self, name: str, path: str | Path) -> Fetched:
+        """Check a file obtained elsewhere against artifact ``name`` and keep it in the cache.
+
+        How air-gapped machines and CI get artifacts: ``store.import_file("tinyshakespeare", "input.txt")``.
+        Raises ``VerificationFailed`` when the file's size or sha256 differ from the manifest.
+        """
+        return fetching.import_file(self, name, path)
+
+    def locate(self, ref: Optional[str] = None) -> Located:
+        """``NAME|PATH`` as a local file: a name is fetched (verified), a path taken as it is."""
+        return fetching.locate(self, ref)
+
+    def metadata(self, artifact: Artifact) -> Optional[CheckpointInfo]:
+        """The metadata JSON of ``artifact`` (fetched if needed), or None when it names none."""
+        return fetching.fetch_metadata(self, artifact)
+
+    def corpus(self, data: str | Path | None = None) -> Path:
+        """The text models are measured and trained on: ``data`` when given, else the verified corpus artifact."""
+        return Path(data) if data is not None else self.fetch(CORPUS).path
+
+    def list(self) -> list[dict[str, Any]]:
+        """One row per artifact: what the manifest says, whether it is cached, and each mirror's state."""
+        return fetching.list_artifacts(self)
+
+    def info(self, ref: Optional[str] = None, *, config=None) -> dict[str, Any]:
+        """What is known about ``NAME|PATH`` without downloading a checkpoint: manifest entry, receipt,
+        metadata JSON, and for a checkpoint what it holds (epoch, parameters, ...), no weight read."""
+        from phasegpt_ckpt.models.checkpoint import describe
+
+        facts = fetching.artifact_info(self, ref)
+        kind = facts.get("artifact", {}).get("kind")
+        if facts["path"] is not None and kind in (None, "checkpoint"):
+            path, receipt = Path(facts["path"]), facts["receipt"] or {}
+            try:  # a cached artifact's sha256 is checked before a byte of it is unpickled
+                if receipt:
+                    proof.require(hash_file(path), sha256=receipt.get("sha256"), action="not reading it")
+                facts["checkpoint"] = describe(path, config=config)
+            except BadInput as err:  # a file no artifact vouches for may be anything; a refused pickle still fails
+                if kind is not None:
+                    raise
+                facts["checkpoint"] = {"not a checkpoint": str(err)}
+        return facts
+
+    # -- proof ---------------------------------------------------------------------------------------
+
+    def verify(self, ref: str, *, evaluate: bool = False, **evaluation: Any) -> proof.Verdict:
+        """Re-hash ``NAME|PATH`` and check it against everything that says what it should be.
+
+        A NAME is checked in the cache (fetched first if absent); a PATH is matched to an artifact by
+        being the cached file (hard link) or by its sha256. A file no artifact describes passes with a
+        "not published" row. A checkpoint whose bytes pass must also load weights-only. Bytes that
+        changed since they were cached are dropped from the cache (the next fetch renews them).
+
+        ``evaluate`` (or ``causality``) also measures a checkpoint that passed and adds a row per claim;
+        ``evaluation`` goes to :func:`~phasegpt_ckpt.models.evaluate.evaluate_checkpoint` (``data``,
+        ``device``, ``causality``, ``causality_windows``, ``config``). The report is ``verdict.evaluation``.
+        """
+        path, artifact = self._subject(ref)
+        facts = hash_file(path)
+        artifact = artifact or self._artifact_with(facts.sha256)
+        receipt = self.cache.receipt(artifact.name) if artifact else None
+        verdict = proof.judge(ref, facts, artifact, receipt_sha256=receipt and receipt.sha256,
+                              metadata=self._metadata_or_reason(artifact))
+        if receipt is not None and not verdict.ok:
+            self._discard_if_cached(verdict, receipt.sha256)
+        if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
+            proof.contents(verdict, *_load_problem(path))
+        if verdict.ok and (evaluate or evaluation.get("causality")) and (artifact is None or artifact.kind == "checkpoint"):
+            self._evaluate(verdict, **evaluation)
+        return verdict
+
+    def verify_cached(self, **options: Any) -> list[proof.Verdict]:
+        """:meth:`verify` every artifact of the manifest that has a copy in the cache."""
+        names = [r.artifact for r in self.cache.receipts() if r.artifact in self.manifest.artifacts]
+        return [self.verify(name, **options) for name in names]
+
+    # -- use -------------------------------------------------------------------------------------------
+
+    def load(self, ref: Optional[str] = None, *, data: str | Path | None = None, device: str = "cpu",
+             config=None, training_state: bool = False) -> "LoadedCheckpoint":
+        """``NAME|PATH`` located (fetched if needed, its sha256 checked) and loaded weights-only.
+
+        The vocabulary comes from the file, else from the corpus ``data`` (default: the bundled copy).
+        """
+        from phasegpt_ckpt.models.checkpoint import load_checkpoint
+
+        located = self.locate(ref)
+        self._require_cached_bytes(located)
+        return load_checkpoint(located.path, config=config, data=data, device=device,
+                               load_training_state=training_state)
+
+    def analyze(self, ref: Optional[str] = None, *, data: str | Path | None = None, **options: Any) -> dict:
+        """R statistics of each phase layer of ``NAME|PATH`` (see :func:`~phasegpt_ckpt.models.analyze.analyze_checkpoint`)."""
+        from phasegpt_ckpt.models.analyze import analyze_checkpoint
+
+        located = self.locate(ref)
+        self._require_cached_bytes(located)
+        return analyze_checkpoint(located.path, data=self.corpus(data), **options)
+
+    def export_config(self, ref: Optional[str] = None, out: str | Path | None = None, *, config=None) -> str:
+        """The checkpoint's config as YAML (also written to ``out``), no weight read."""
+        from phasegpt_ckpt.models.checkpoint import export_config
+
+        located = self.locate(ref)
+        self._require_cached_bytes(located)
+        return export_config(located.path, out, config=config)
+
+    def train(self, config, *, data: str | Path | None = None, **options: Any) -> "RunResult":
+        """Train a config (shipped NAME, YAML PATH or RunConfig) from scratch on ``data`` (default: the corpus)."""
+        from phasegpt_ckpt.training.train import train
+
+        return train(config, data=self.corpus(data), progress=self.progress, **options)
+
+    def resume(self, ref: Optional[str] = None, *, data: str | Path | None = None,
+               save_dir: str | Path | None = None, **options: Any) -> "RunResult":
+        """Continue checkpoint ``NAME|PATH`` exactly where it stopped; ``save_dir`` defaults to the file's
+        directory for a PATH and to ``checkpoints/<NAME>`` for an artifact."""
+        from phasegpt_ckpt.training.train import resume
+
+        located = self.locate(ref)
+        self._require_cached_bytes(located)
+        if save_dir is None:
+            save_dir = located.path.parent if located.artifact is None else Path("checkpoints") / located.artifact.name
+        return resume(located.path, data=self.corpus(data), save_dir=save_dir, progress=self.progress, **options)
+
+    def publish(self, path: str | Path, name: str, *, manifest: str | Path | None = None,
+                data: str | Path | None = None, measure: bool = False, **options: Any) -> "Published":
+        """Hash, describe, upload and list checkpoint ``path`` as artifact ``name`` in ``manifest``
+        (default: this store's manifest file); see :func:`~phasegpt_ckpt.store.publish.publish`."""
+        from phasegpt_ckpt.store.publish import publish
+
+        target = Path(manifest).expanduser() if manifest else self.manifest_path
+        if target is None:
+            raise BadInput("publish needs a manifest file to write: pass manifest=PATH")
+        corpus = self.corpus(data) if measure or data is not None else None
+        return publish(path, name, manifest=target, data=corpus, measure=measure, **options)
+
+    # -- internals -----------------------------------------------------------------------------------
+
+    def _subject(self, ref: str) -> tuple[Path, Optional[Artifact]]:
+        """The file to check: a cached artifact as it is now (never silently refetched), else ``locate``."""
+        if ref in self.manifest.artifacts:
+            artifact = self.manifest.artifact(ref)
+            path = self.cache.path(artifact)
+            if not path.is_file():
+                path = self.fetch(ref).path
+            return path, artifact
+        located = self.locate(ref)
+        return located.path, located.artifact
+
+    def _artifact_with(self, sha256: str) -> Optional[Artifact]:
+        """The artifact whose manifest or receipt sha256 is ``sha256`` (a copy placed elsewhere)."""
+        names = [a.name for a in self.manifest.artifacts.values() if a.sha256 == sha256]
+        names += [r.artifact for r in self.cache.receipts() if r.sha256 == sha256 and r.artifact in self.manifest.artifacts]
+        return self.manifest.artifacts[names[0]] if names else None
+
+    def _metadata_or_reason(self, artifact: Optional[Artifact]) -> CheckpointInfo | str | None:
+        if artifact is None or artifact.metadata is None:
+            return None
+        try:
+            return self.metadata(artifact)
+        except PhasegptError as err:
+            return str(err)
+
+    def _discard_if_cached(self, verdict: proof.Verdict, cached_sha256: str) -> None:
+        """Bytes that changed since they were verified are corrupt: drop the cached copy so fetch renews it."""
+        blob = self.cache.blob(cached_sha256)
+        if blob.is_file() and os.path.samefile(verdict.path, blob):
+            self.cache.discard(verdict.artifact.name)
+            log.warning(f"removed the corrupt cached copy of {verdict.artifact.name}; "
+                        f"`phasegpt-ckpt fetch {verdict.artifact.name}` downloads it again")
+
+    def _require_cached_bytes(self, located: Located) -> None:
+        """A cached artifact's sha256 is checked before a byte of it is unpickled."""
+        if located.sha256 is not None:
+            proof.require(hash_file(located.path), sha256=located.sha256, action="not loading it")
+
+    def _evaluate(self, verdict: proof.Verdict, *, data: str | Path | None = None, **options: Any) -> None:
+        """Measure a verified checkpoint and add one row per claim (manifest and metadata JSON) to ``verdict``."""
+        from phasegpt_ckpt.models.evaluate import evaluate_checkpoint
+        from phasegpt_ckpt.proof.claims import gather_claims, judge_claims
+        from phasegpt_ckpt.proof.metadata import metadata_beside
+
+        log.info(f"evaluating {verdict.subject} on the validation split ...")
+        if verdict.artifact is not None:
+            metadata = self._metadata_or_reason(verdict.artifact)
+            metadata = metadata if isinstance(metadata, CheckpointInfo) else None  # its row says why
+        else:
+            metadata = metadata_beside(verdict.facts)
+        report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata),
+                                     data=self.corpus(data), **options)
+        judge_claims(verdict, report.checks)
+        verdict.evaluation = report
+
+
+def _load_problem(path: Path) -> tuple[Optional[str], Optional[str]]:
+    """(why the file was refused, why it is unreadable): what a weights-only read of ``path`` found."""
+    from phasegpt_ckpt.models.checkpoint import describe  # torch loads only when a checkpoint is verified
+
+    try:
+        describe(path)
+    except VerificationFailed as refused:
+        return str(refused), None
+    except BadInput as unreadable:
+        return None, str(unreadable)
+    return None, None
+
+
+def _manifest_path(given: str | Path | None) -> Path:
+    from phasegpt_ckpt import manifests
+
+    return Path(given or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
