@@ -1,5 +1,8 @@
 """Atomic file writes: a temporary file beside the final path, fsynced, renamed, the rename made durable.
 
+Every file the tool writes whole goes through here: :func:`atomic_path` (a writer of the caller's),
+:func:`write_text` (a small text file), :func:`link_into_place` (a hard link of a finished file).
+
 A reader (or a crash) sees the previous file or the new one, never half of one. The temporary file
 is created as ``open()`` would create the final one (mode 0666 less the umask, or the mode of the
 file it replaces), so a checkpoint or manifest written this way is as readable as any other file.
@@ -22,21 +25,30 @@ from phasegpt_ckpt.errors import BadInput
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
+def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
     """A temporary path beside ``final`` to write; fsynced and renamed onto ``final`` only on success.
 
-    A full disk is a one-line ``BadInput`` that says the previous file is untouched.
+    A full disk is a one-line ``BadInput`` that says the previous file is untouched, as is a
+    directory where no file can be created. ``as_bad_input=False`` leaves both the ``OSError``
+    the OS raised, for a caller that handles a full disk itself (the download's sidecar).
     """
     final = Path(final)
-    temp = _create_beside(final)
+    try:
+        temp = _create_beside(final)
+    except OSError as err:
+        if not as_bad_input:
+            raise
+        raise BadInput(f"cannot write {final}: {err.strerror}") from None
+    mode = stat.S_IMODE(temp.stat().st_mode)
     try:
         yield temp
+        os.chmod(temp, mode)  # a writer that replaced the file (safetensors writes 0600) gets the intended mode back
         with open(temp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temp, final)
         fsync_directory(final.parent)  # the rename itself must survive a power cut
     except (OSError, RuntimeError) as err:
-        if not _disk_full(err, final.parent):
+        if not as_bad_input or not _disk_full(err, final.parent):
             raise
         raise BadInput(f"disk full while writing {final}: free space and run again; "
                        f"the previous {final.name}, if any, is untouched") from None
@@ -44,12 +56,37 @@ def atomic_path(final: Path) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def write_text(text: str, path: Path) -> Path:
-    """Atomically replace a small text file (metadata JSON, metrics.jsonl, a manifest)."""
+def write_text(text: str, path: Path, *, as_bad_input: bool = True) -> Path:
+    """Atomically replace a small text file (metadata JSON, metrics.jsonl, a manifest, a sidecar)."""
     path = Path(path)
-    with atomic_path(path) as temp:
+    with atomic_path(path, as_bad_input=as_bad_input) as temp:
         temp.write_text(text, encoding="utf-8")
     return path
+
+
+def link_into_place(source: Path, final: Path) -> bool:
+    """Hard-link ``source`` at ``final`` in one rename (replacing what is there), the rename made durable.
+
+    False where no link can be made (another file system, or one without hard links): the caller
+    copies instead, e.g. through :func:`atomic_path`. Other errors of the rename are ``OSError``.
+    """
+    final = Path(final)
+    temp = _temp_name(final)
+    try:
+        os.link(source, temp)
+    except OSError:
+        return False
+    try:
+        os.replace(temp, final)
+    finally:
+        temp.unlink(missing_ok=True)
+    fsync_directory(final.parent)
+    return True
+
+
+def _temp_name(final: Path) -> Path:
+    """A hidden name beside ``final`` that no other writer picks: ``.NAME.<random>.tmp``."""
+    return final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
 
 
 def _create_beside(final: Path) -> Path:
@@ -58,14 +95,14 @@ def _create_beside(final: Path) -> Path:
     Not ``tempfile.mkstemp``: its files are 0600, and the rename would carry that onto a checkpoint
     meant to be shared. O_EXCL with a random name gives the same guarantee (never an existing file).
     """
-    temp = final.with_name(f".{final.name}.{secrets.token_hex(8)}.tmp")
+    temp = _temp_name(final)
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
         if final.exists():
             os.chmod(temp, stat.S_IMODE(final.stat().st_mode))
-    except OSError as err:
+    except OSError:
         temp.unlink(missing_ok=True)
-        raise BadInput(f"cannot write {final}: {err.strerror}") from None
+        raise
     return temp
 
 

@@ -43,6 +43,8 @@ class MirrorsExhausted(PhasegptError):
 
     exit_code = 3
 
-    def __init__(self, message: str, outcomes: list | None = None):
+    def __init__(self, message: str, outcomes: list | None = None, summary: str = ""):
         super().__init__(message)
         self.outcomes = outcomes or []
+        self.summary = summary or message  # the reason in a few words, e.g. "hf: 404, zenodo: unpublished"
+        self.name: str | None = None  # the artifact, when one of several failed (Store.fetch_all)

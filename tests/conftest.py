@@ -36,6 +36,7 @@ def _isolated_environment(tmp_path_factory, monkeypatch):
     """Every test gets its own cache and never sees the user's manifest, cache or HF login."""
     home = tmp_path_factory.mktemp("home")
     monkeypatch.setenv("PHASEGPT_CACHE", str(home / "cache"))
+    monkeypatch.setenv("PHASEGPT_USER_MANIFEST", str(home / "config" / "manifest.yaml"))  # where publish writes
     monkeypatch.setenv("HF_HOME", str(home / "hf"))
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")

@@ -102,7 +102,7 @@ def test_every_mirror_failing_leaves_nothing_and_names_each_outcome(tmp_path, se
 
     assert [o.status for o in exhausted.value.outcomes] == ["404", "size mismatch"]
     assert str(exhausted.value) == ("every mirror of best failed (url: 404, url: size mismatch); "
-                                    "`--model tiny` works offline")
+                                    "tiny is at hand offline")
     assert not (cache.root / "blobs").exists() or not any((cache.root / "blobs").iterdir())
     assert cache.receipt("best") is None and not cache.path(manifest.artifact("best")).exists()
 
@@ -353,7 +353,7 @@ def test_verify_cross_checks_manifest_receipt_and_metadata(tmp_path, server, cor
     copy = tmp_path / "copy.txt"
     copy.write_bytes(corpus)  # not a link: recognised by its sha256
     assert Store(manifest, cache.root).verify(str(copy)).artifact.name == "corpus"
-    assert [v.subject for v in Store(manifest, cache.root).verify_cached()] == ["corpus", "corpus_info"]
+    assert [v.subject for v in Store(manifest, cache.root).verify_available()] == ["corpus", "corpus_info"]
 
 
 def test_verify_reports_metadata_that_disagrees_or_is_not_published(tmp_path, server, corpus):

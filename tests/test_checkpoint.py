@@ -102,19 +102,41 @@ def test_a_pickle_that_runs_code_is_refused_and_never_runs(tmp_path, corpus_path
     assert not marker.exists()
 
 
+def hostile_twin(cached, tmp_path, marker) -> bytes:
+    """A pickle that would run code, padded to the cached file's size: only its hash tells it apart."""
+    hostile = tmp_path / "hostile.pt"
+    torch.save({"model_state_dict": {}, "payload": RunsCode(marker)}, hostile)
+    return hostile.read_bytes().ljust(cached.stat().st_size, b"\0")
+
+
+def test_a_cached_blob_changed_in_place_is_moved_aside_and_fetched_again(tmp_path, corpus_path):
+    marker = tmp_path / "code-ran"
+    good = save_ours(tiny_model(), tmp_path / "ckpt.pt", corpus_path)
+    store = Store(load_manifest(manifest_for(tmp_path, good, corpus_path)), tmp_path / "cache")
+    cached = store.fetch("tiny").path
+    cached.chmod(0o644)
+    cached.write_bytes(hostile_twin(cached, tmp_path, marker))  # same size, new mtime
+
+    again = store.fetch("tiny")
+
+    assert not again.from_cache and again.path.read_bytes() == good.read_bytes()
+    assert len(list((tmp_path / "cache" / "quarantine").iterdir())) == 1
+    assert store.load("tiny").kind == "phasegpt-ckpt" and not marker.exists()
+
+
 def test_a_cached_checkpoints_sha256_is_checked_before_any_unpickling(tmp_path, corpus_path):
     marker = tmp_path / "code-ran"
     good = save_ours(tiny_model(), tmp_path / "ckpt.pt", corpus_path)
     store = Store(load_manifest(manifest_for(tmp_path, good, corpus_path)), tmp_path / "cache")
     cached = store.fetch("tiny").path
-    hostile = tmp_path / "hostile.pt"
-    torch.save({"model_state_dict": {}, "payload": RunsCode(marker)}, hostile)
-    swapped = hostile.read_bytes().ljust(cached.stat().st_size, b"\0")  # same size: only the hash tells
+    seen = cached.stat()
     cached.chmod(0o644)
-    cached.write_bytes(swapped)
+    cached.write_bytes(hostile_twin(cached, tmp_path, marker))
+    os.utime(cached, ns=(seen.st_atime_ns, seen.st_mtime_ns))  # the same inode and mtime: only hashing tells
 
     for attempt in (lambda: store.load("tiny"), lambda: store.info("tiny"), lambda: store.analyze("tiny")):
-        with pytest.raises(VerificationFailed, match="sha256 .* expected [0-9a-f]{64}; not (loading|reading) it"):
+        with pytest.raises(VerificationFailed, match="sha256 .* expected [0-9a-f]{64}; not (loading|reading) it; "
+                                                     "`phasegpt-ckpt fetch tiny --force` downloads it again"):
             attempt()
     assert not marker.exists()
 

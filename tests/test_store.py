@@ -73,7 +73,7 @@ def test_defaults_are_resolved_once_from_the_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("PHASEGPT_OFFLINE", "1")
     store = Store()
     assert store.cache.root == tmp_path / "env-cache" and store.offline
-    assert store.manifest_path.name == "phasegpt.yaml" and "phasegpt-tiny" in store.manifest.artifacts
+    assert store.manifest_path is None and "phasegpt-tiny" in store.manifest.artifacts  # shipped, layered
     monkeypatch.setenv("PHASEGPT_CACHE", str(tmp_path / "elsewhere"))
     assert store.cache.root == tmp_path / "env-cache"  # read when the Store was made, not at each call
 

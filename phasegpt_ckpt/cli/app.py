@@ -20,13 +20,14 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: flags shown as flags, and no rich import for --help
     help="Fetch, verify, evaluate, generate from and resume PhaseGPT checkpoints.",
 )
 
 
 @dataclass
 class Options:
-    """Global options, given before the command (``phasegpt-ckpt --offline fetch ...``)."""
+    """Global options, given before or after the command (``phasegpt-ckpt --offline fetch ...``)."""
 
     manifest: Optional[Path] = None
     cache_dir: Optional[Path] = None
@@ -49,9 +50,28 @@ def _global(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars, status lines, warnings or tables on "
                                "stderr: results and the one error line only."),
+    version: bool = typer.Option(False, "--version", is_eager=True, callback=lambda shown: _version(shown),
+                                 help="Print the version and exit."),
 ) -> None:
     options.manifest, options.cache_dir, options.offline = manifest, cache_dir, offline
     console.setup(quiet)
+
+
+def _version(shown: bool) -> None:
+    if shown:
+        from phasegpt_ckpt import __version__
+
+        console.stdout.print(f"phasegpt-ckpt {__version__}", markup=False)
+        raise typer.Exit()
+
+
+def _finite(value: Optional[float]) -> Optional[float]:
+    """A float option that must be a number: NaN and infinity compare with nothing."""
+    import math
+
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"{value} is not a finite number")
+    return value
 
 
 # -- distribution: list, fetch, verify, info, import ----------------------------------------------
@@ -92,16 +112,26 @@ def list_artifacts(json_output: bool = JSON_OUTPUT) -> None:
     if json_output:
         return console.print_json(rows)
     unpublished = any(not m["published"] for row in rows for m in row["mirrors"])
+    layered = len({row["manifest"] for row in rows}) > 1  # the shipped manifest and the user's own
     table = Table(caption="* listed, not published yet" if unpublished else None, caption_justify="left")
     table.add_column("artifact", no_wrap=True)  # what every other command is given: never cut
-    for column in ("kind", "size", "sha256", "cached", "mirrors, in order"):
+    for column in ("kind", "size", "sha256", "cached", "mirrors, in order") + (("listed in",) if layered else ()):
         table.add_column(column)
     for row in rows:
         mirrors = ", ".join(m["type"] + ("" if m["published"] else "*") for m in row["mirrors"])
         sha256 = row["sha256"][:10] + "…" if row["sha256"] else "unpublished"
         cached = "no" if row["cached"] is None else "yes" if row["cached"].startswith("pinned") else "yes, unpinned"
-        table.add_row(row["name"], row["kind"], _megabytes(row["size"]), sha256, cached, mirrors)
+        listed = (_manifest_label(row["manifest"]),) if layered else ()
+        table.add_row(row["name"], row["kind"], _megabytes(row["size"]), sha256, cached, mirrors, *listed)
     console.stdout.print(table)
+
+
+def _manifest_label(path: str) -> str:
+    """``shipped`` for the package's own manifest, ``yours`` for the user's, else the file."""
+    from phasegpt_ckpt import manifests
+    from phasegpt_ckpt.source.manifest import user_manifest_path
+
+    return {str(manifests.DEFAULT): "shipped", str(user_manifest_path()): "yours"}.get(path, path)
 
 
 def _megabytes(size: Optional[int]) -> str:
@@ -114,6 +144,7 @@ def fetch(
     names: Optional[list[str]] = typer.Argument(None, help="Artifacts to fetch (default: the manifest's default)."),
     dest: Optional[Path] = typer.Option(None, "--dest", help="Also place each verified file in this directory."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Try only mirrors of this type (hf, url, ...)."),
+    force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Download artifacts from their first working mirror, verified, into the cache."""
@@ -121,7 +152,8 @@ def fetch(
 
     store = _store()
     documents, failure = [], None
-    for result in store.fetch_all(names or [store.manifest.artifact().name], mirror_type=mirror, dest=dest):
+    for result in store.fetch_all(names or [store.manifest.artifact().name], mirror_type=mirror, dest=dest,
+                                  force=force):
         if isinstance(result, MirrorsExhausted):
             _show_outcomes(result.outcomes)
             documents.append({"name": result.name, "error": str(result), "outcomes": [asdict(o) for o in result.outcomes]})
@@ -155,7 +187,8 @@ def import_artifact(
 
 @app.command()
 def verify(
-    refs: Optional[list[str]] = typer.Argument(None, help="Artifact names or file paths (default: every cached artifact)."),
+    refs: Optional[list[str]] = typer.Argument(None, help="Artifact names or file paths (default: every artifact at "
+                                               "hand: cached, or on a local mirror such as the bundled ones)."),
     evaluate: bool = typer.Option(False, "--eval", help="Also load each checkpoint, measure validation PPL and R "
                                   "and check them against the claims of the manifest and metadata JSON."),
     data: Optional[Path] = DATA_OPTION,
@@ -178,9 +211,7 @@ def verify(
     if refs:
         verdicts = [store.verify(ref, **evaluation) for ref in refs]
     else:
-        verdicts = store.verify_cached(**evaluation)
-        if not verdicts:
-            console.LOGGER.info(f"nothing cached in {store.cache.root} to verify")
+        verdicts = store.verify_available(**evaluation)
     if json_output:
         console.print_json([verdict.as_dict() for verdict in verdicts])
     else:
@@ -190,11 +221,8 @@ def verify(
                 _print_evaluation(verdict.evaluation)
     failed = [verdict for verdict in verdicts if not verdict.ok]
     if failed:
-        first = failed[0].first_failure()
-        raise VerificationFailed(
-            f"{', '.join(v.subject for v in failed)} failed verification: "
-            f"{first.check} is {first.actual}, expected {first.expected}"
-        )
+        raise VerificationFailed(f"{', '.join(v.subject for v in failed)} failed verification: "
+                                 f"{failed[0].first_failure().explanation()}")
 
 
 @app.command()
@@ -215,33 +243,55 @@ def info(
 
 @app.command()
 def generate(
-    prompt: str = typer.Argument(..., help="Text to continue; every character must be in the model's vocabulary."),
+    prompt: str = typer.Argument(..., help="Text to continue; every character must be in the model's vocabulary. "
+                                 "- reads it from stdin."),
     model: Optional[str] = typer.Option(None, "--model", help="Artifact name or checkpoint path "
                                         "(default: the manifest's default)."),
     max_new_tokens: int = typer.Option(100, "--max-new-tokens", help="Characters to generate."),
-    temperature: float = typer.Option(1.0, "--temperature", help="Softmax temperature; 0 picks the likeliest."),
+    temperature: float = typer.Option(1.0, "--temperature", callback=_finite,
+                                      help="Softmax temperature; 0 picks the likeliest."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Sample among the k likeliest characters only."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Sample within the smallest set of probability p."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Same seed, same text (sample i uses seed + i)."),
+    top_p: Optional[float] = typer.Option(None, "--top-p", callback=_finite,
+                                          help="Sample within the smallest set of probability p."),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0, max=2**63 - 1 - 10**6,
+                                       help="Same seed, same text (sample i uses seed + i); without it one is drawn "
+                                       "and said on stderr."),
     num_samples: int = typer.Option(1, "--num-samples", min=1, help="Independent continuations of the prompt."),
     device: str = DEVICE_OPTION,
     data: Optional[Path] = DATA_OPTION,
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print one JSON document (model, seed, samples) on stdout "
+                                     "instead of streaming the text."),
 ) -> None:
     """Continue a prompt: stdout gets exactly the prompt and the generated text, as it is produced."""
+    import secrets
+
     from phasegpt_ckpt.models.generate import stream
 
+    if prompt == "-":
+        prompt = sys.stdin.read().removesuffix("\n")  # the newline echo or a file ends with is no prompt
     ckpt = _store().load(model, data=data, device=device, config=model_config)
+    drawn = seed is None
+    seed = secrets.randbelow(2**31) if drawn else seed
+    samples = []
     for i in range(num_samples):
         chars = stream(ckpt.model, prompt, vocab=ckpt.vocab, max_new_tokens=max_new_tokens, temperature=temperature,
-                       top_k=top_k, top_p=top_p, seed=None if seed is None else seed + i)
+                       top_k=top_k, top_p=top_p, seed=seed + i)
+        if json_output:
+            samples.append(prompt + "".join(chars))
+            continue
         if i:
             _write("\n" + "-" * 40 + "\n")
         _write(prompt)
         for ch in chars:
             _write(ch)
-    if sys.stdout.isatty():
+    if json_output:
+        console.print_json({"model": str(ckpt.path), "seed": seed, "temperature": temperature,
+                            "max_new_tokens": max_new_tokens, "samples": samples})
+    elif sys.stdout.isatty():
         _write("\n")
+    if drawn:
+        console.note(f"seed {seed} (--seed {seed} gives this text again)")
 
 
 @app.command()
@@ -280,9 +330,14 @@ def config_command(
     ref: Optional[str] = typer.Argument(None, help="Artifact name or checkpoint path (default: the manifest's default)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write the YAML here (default: stdout)."),
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
+    json_output: bool = typer.Option(False, "--json", help="Print the config as one JSON document instead of YAML."),
 ) -> None:
     """The checkpoint's config as YAML, every section it carries, ready for `train --config`."""
     text = _store().export_config(ref, output, config=model_config)
+    if json_output:
+        import yaml
+
+        return console.print_json(yaml.safe_load(text))
     if output is None:
         _write(text)
     else:
@@ -296,15 +351,27 @@ def convert(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Output file (default: NAME.safetensors here)."),
     data: Optional[Path] = DATA_OPTION,
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
+    force: bool = typer.Option(False, "--force", help="Replace the output file if it exists."),
+    json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Write the weights as safetensors, config, vocabulary and coupling mode in its metadata."""
     from phasegpt_ckpt.errors import BadInput
     from phasegpt_ckpt.models.checkpoint import convert as convert_checkpoint
+    from phasegpt_ckpt.proof.digest import hash_file
 
     if to != "safetensors":
         raise BadInput(f"--to {to!r} is not a format convert writes; use --to safetensors")
     ckpt = _store().load(ref, data=data, device="cpu", config=model_config)
-    out = convert_checkpoint(ckpt, output or Path(ckpt.path.stem + ".safetensors"))
+    out = output or Path(ckpt.path.stem + ".safetensors")
+    if out.is_dir():
+        raise BadInput(f"--output {out} is a directory; name the file to write (e.g. {out / (ckpt.path.stem + '.safetensors')})")
+    if out.exists() and not force:
+        raise BadInput(f"{out} exists; pass --force to replace it, or --output another file")
+    out = convert_checkpoint(ckpt, out)
+    if json_output:
+        facts = hash_file(out)
+        return console.print_json({"path": str(out), "format": "safetensors", "size": facts.size,
+                                   "sha256": facts.sha256, "source": str(ckpt.path)})
     console.stdout.print(str(out), markup=False)
 
 
@@ -313,16 +380,18 @@ def publish(
     path: Path = typer.Argument(..., help="The checkpoint file to publish."),
     name: str = typer.Option(..., "--name", help="Its artifact name in the manifest (added, or updated in place)."),
     manifest: Optional[Path] = typer.Option(None, "--manifest", help="The manifest to write (default: the global "
-                                            "--manifest, else $PHASEGPT_MANIFEST, else the shipped one)."),
-    to: Optional[str] = typer.Option(None, "--to", help="Upload to the Hub: hf:ORG/REPO (created if your token may; "
-                                     "token from HF_TOKEN or the saved login). The mirror is pinned to the commit."),
+                                            "--manifest, else $PHASEGPT_MANIFEST, else your own manifest, laid over "
+                                            "the shipped one; the installed package is never written)."),
+    to: Optional[str] = typer.Option(None, "--to", help="Where to publish: hf:ORG/REPO uploads to the Hub (created if "
+                                     "your token may; token from HF_TOKEN or the saved login; the mirror is pinned to "
+                                     "the commit), a folder copies the files there as a local mirror."),
     endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint for --to (default: $HF_ENDPOINT, "
                                            "else huggingface.co); written into the mirror when given."),
     record: Optional[list[str]] = typer.Option(None, "--record", help="List a record published by hand, once its "
                                                "size and hash agree with the file: zenodo:ID, zenodo:DOI or osf:GUID."),
     evaluate: bool = typer.Option(False, "--eval", help="Measure validation PPL and R in float32 and write them "
                                   "as the claims (what `verify --eval` reproduces)."),
-    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0, help="With --eval: each claim's tolerance, "
+    tolerance: Optional[float] = typer.Option(None, "--tolerance", min=0, callback=_finite, help="With --eval: each claim's tolerance, "
                                               "as a fraction of its value (default 0.005 = 0.5%)."),
     data: Optional[Path] = DATA_OPTION,
     device: str = typer.Option("cpu", "--device", help="With --eval: where to measure (cpu: float32; CUDA runs bf16)."),
@@ -333,10 +402,11 @@ def publish(
     The manifest keeps its order and comments; it is validated before it is replaced."""
     from dataclasses import asdict
 
-    from phasegpt_ckpt.store.publish import hub_repo_of
+    from phasegpt_ckpt.store.publish import parse_target
 
+    hub_repo, to_dir = parse_target(to) if to else (None, None)
     published = _store().publish(
-        path, name, manifest=manifest, hub_repo=to and hub_repo_of(to), endpoint=endpoint,
+        path, name, manifest=manifest, hub_repo=hub_repo, to_dir=to_dir, endpoint=endpoint,
         records=record or [], measure=evaluate, data=data, device=device,
         **({} if tolerance is None else {"tolerance": tolerance}))  # else publish's own default
     if json_output:
@@ -377,10 +447,15 @@ def _print_verdict(verdict) -> None:
     """One line per check, hashes in full (they are what a person compares)."""
     console.stdout.print(f"{verdict.subject}: {verdict.path}", markup=False)
     for check in verdict.checks:
-        expected = f" (expected {check.expected})" if check.status != "ok" and check.expected else ""
-        console.stdout.print(f"  {check.status:<13} {check.check}: {check.actual}{expected}", markup=False)
-    summary = "FAILED" if not verdict.ok else "verified" if verdict.pinned else "no mismatch, but no published sha256 vouches for it"
-    console.stdout.print(f"  {summary}", markup=False)
+        shown = f"{check.actual:.4f}" if isinstance(check.actual, float) else check.actual
+        expected = f" (expected {check.expected_text})" if check.status != "ok" and check.expected is not None else ""
+        console.stdout.print(f"  {check.status:<13} {check.check}: {shown}{expected}", markup=False)
+    if not verdict.ok:
+        console.stdout.print("  FAILED", style="bold red", markup=False)
+    elif verdict.pinned:
+        console.stdout.print("  verified", style="bold green", markup=False)
+    else:
+        console.stdout.print("  no mismatch, but no published sha256 vouches for it", style="yellow", markup=False)
 
 
 def _print_evaluation(report) -> None:
@@ -474,12 +549,44 @@ def _print_run(result, json_output: bool) -> None:
         console.stdout.print(f"  {path}", markup=False)
 
 
+GLOBAL_FLAGS = ("--offline", "--quiet", "-q")
+GLOBAL_WITH_VALUE = ("--manifest", "--cache-dir")
+
+
+def hoist_global_options(args: list[str]) -> list[str]:
+    """Global options given after the command, moved before it: ``list --cache-dir X`` is ``--cache-dir X list``.
+
+    ``publish --manifest`` stays publish's own option (the manifest it writes); ``--`` ends the scan.
+
+    >>> hoist_global_options(["list", "--cache-dir", "X", "--json", "-q"])
+    ['--cache-dir', 'X', '-q', 'list', '--json']
+    """
+    start = 0
+    while start < len(args) and args[start].startswith("-"):
+        start += 2 if args[start] in GLOBAL_WITH_VALUE else 1
+    if start >= len(args):
+        return args
+    command, hoisted, rest = args[start], [], []
+    tail = iter(args[start + 1:])
+    for arg in tail:
+        name = arg.split("=", 1)[0]
+        if arg == "--":
+            rest += [arg, *tail]
+        elif name in GLOBAL_WITH_VALUE and not (command == "publish" and name == "--manifest"):
+            hoisted += [arg] if "=" in arg else [arg, next(tail, "")]
+        elif arg in GLOBAL_FLAGS:
+            hoisted.append(arg)
+        else:
+            rest.append(arg)
+    return args[:start] + hoisted + [command] + rest
+
+
 def _run() -> int:
     """The command, with any progress bars it drew taken down before its last words."""
     global _open_bars
     console.setup(False)  # until the options say otherwise
     try:
-        return app(standalone_mode=False, prog_name="phasegpt-ckpt")
+        return app(args=hoist_global_options(sys.argv[1:]), standalone_mode=False, prog_name="phasegpt-ckpt")
     finally:
         if _open_bars is not None:
             _open_bars.__exit__(None, None, None)

@@ -46,6 +46,7 @@ from phasegpt_ckpt.errors import BadInput, VerificationFailed
 from phasegpt_ckpt.models.data import CharDataset, corpus_or_bundled
 from phasegpt_ckpt.models.device import pick_device
 from phasegpt_ckpt.training.schedule import schedule_note
+from phasegpt_ckpt.yamlio import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
 BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
 TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
+ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archives start so
 
 
 @dataclass
@@ -190,13 +192,22 @@ def _tied_names(model: torch.nn.Module) -> list[list[str]]:
 
 
 def _read(path: Path) -> _Contents:
-    """The weights and the rest of ``path``, by weights-only unpickling or safetensors; nothing executed."""
+    """The weights and the rest of ``path``, by weights-only unpickling or safetensors; nothing executed.
+
+    A file that is none of these is a one-line BadInput saying what it is: truncated (a zip archive
+    without its end, a safetensors header or body cut short), or not a checkpoint at all.
+    """
     if not path.is_file():
         raise BadInput(f"checkpoint {path} does not exist")
-    if _looks_like_safetensors(path):
-        return _read_safetensors(path)
+    head, size = _head(path), path.stat().st_size
+    if _safetensors_header_length(head) is not None:
+        return _read_safetensors(path, _safetensors_header_length(head), size)
     if not zipfile.is_zipfile(path):
-        raise BadInput(f"{path} is neither a PyTorch checkpoint (zip format, torch >= 1.6) nor a safetensors file")
+        if head.startswith(ZIP_MAGIC):
+            raise BadInput(f"{path} is truncated: it starts as a PyTorch checkpoint (a zip archive) but its end "
+                           f"is missing ({size} bytes); fetch or copy it again")
+        raise BadInput(f"{path} is not a checkpoint: neither a PyTorch checkpoint (zip format, torch >= 1.6) "
+                       "nor a safetensors file")
     try:
         obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     except pickle.UnpicklingError as err:
@@ -234,20 +245,30 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _looks_like_safetensors(path: Path) -> bool:
-    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'."""
+def _head(path: Path) -> bytes:
     with open(path, "rb") as handle:
-        head = handle.read(9)
-    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < path.stat().st_size
+        return handle.read(9)
 
 
-def _read_safetensors(path: Path) -> _Contents:
+def _safetensors_header_length(head: bytes) -> Optional[int]:
+    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'; its length, else None."""
+    return int.from_bytes(head[:8], "little") if len(head) == 9 and head[8:9] == b"{" else None
+
+
+def _read_safetensors(path: Path, header_length: int, size: int) -> _Contents:
+    if 8 + header_length > size:
+        raise BadInput(f"{path} is truncated: its safetensors header announces {header_length} bytes, "
+                       f"the file has {size}; fetch or copy it again")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}
             state = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as err:  # safetensors raises its own SafetensorError for any malformed header
-        raise BadInput(f"{path} is not a readable safetensors file: {_first_line(err)}") from None
+        reason = _first_line(err)
+        if "not fully covered" in reason or "incomplete" in reason:
+            raise BadInput(f"{path} is truncated: its safetensors header names more tensor bytes than the "
+                           f"file holds ({reason})") from None
+        raise BadInput(f"{path} is not a readable safetensors file: {reason}") from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         return _Contents("state_dict", state, {})
     extras = {key: json.loads(metadata[key]) for key in ("config", "vocab", "training") if key in metadata}
@@ -287,12 +308,9 @@ def _config_dict(given) -> dict:
         return {"model": given.to_dict()}
     if not isinstance(given, dict):
         path = Path(given)
-        try:
-            given = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-            raise BadInput(f"cannot read config {path}: {_first_line(err)}") from None
+        given = read_yaml(path, "model config")
         if not isinstance(given, dict):
-            raise BadInput(f"config {path} must be a YAML mapping (a `model:` section or its keys)")
+            raise BadInput(f"model config {path} must be a YAML mapping (a `model:` section or its keys)")
     return given if isinstance(given.get("model"), dict) else {"model": given}
 
 

@@ -30,6 +30,7 @@ from phasegpt_ckpt.models.data import corpus_or_bundled, get_dataloaders
 from phasegpt_ckpt.models.device import inference_autocast, pick_device
 from phasegpt_ckpt.models.generate import recomputed_from
 from phasegpt_ckpt.proof.claims import Claim, check_claims
+from phasegpt_ckpt.reporting import Progress, report
 
 DEPENDENCE_THRESHOLD = 1e-4  # |Δlogit| above float32 rounding: the earlier positions saw the change
 
@@ -102,10 +103,12 @@ def evaluate(model: GPT2Model, val_loader: DataLoader, device: str | torch.devic
     return measure(model, val_loader, device=device).ppl
 
 
-def measure(model: GPT2Model, val_loader: DataLoader, device: str | torch.device = "cpu") -> Measurement:
+def measure(model: GPT2Model, val_loader: DataLoader, device: str | torch.device = "cpu",
+            progress: Optional[Progress] = None) -> Measurement:
     """Loss, PPL, token count and R per phase layer over ``val_loader`` (bf16 autocast on CUDA).
 
     The model is moved to ``device`` and run in eval mode; its train/eval mode is restored after.
+    ``progress`` hears of every batch (windows measured of all).
     """
     device = pick_device(device)
     was_training = model.training
@@ -118,6 +121,7 @@ def measure(model: GPT2Model, val_loader: DataLoader, device: str | torch.device
             logits, _, layer_Rs = model(x, return_R=True)
             nll += F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="sum").item()
             tokens, windows = tokens + y.numel(), windows + x.shape[0]
+            report(progress, "validation", windows, len(val_loader.sampler), unit="windows")
             for kept, R in zip(Rs, layer_Rs):
                 kept.append(R.float().flatten().cpu())
     model.train(was_training)
@@ -225,6 +229,7 @@ def evaluate_checkpoint(
     causality: bool = False,
     causality_windows: int = 4,
     config=None,
+    progress: Optional[Progress] = None,
 ) -> EvalReport:
     """Load ``path``, measure it on the validation split of ``data``, check ``claims``, audit causality if asked.
 
@@ -239,7 +244,7 @@ def evaluate_checkpoint(
     corpus = corpus_or_bundled(data)
     ckpt = load_checkpoint(path, config=config, data=corpus, device=device)
     val_loader = validation_loader(ckpt, corpus, batch_size)
-    measurement = measure(ckpt.model, val_loader, device=device)
+    measurement = measure(ckpt.model, val_loader, device=device, progress=progress)
     audit = audit_causality(ckpt.model, val_loader, windows=causality_windows, device=device) if causality else None
     return EvalReport(Path(path), ckpt.coupling_mode, measurement, check_claims(claims or [], measurement), audit)
 

@@ -133,18 +133,38 @@ def stream(
     return (chars.idx_to_char[i] for i in _continue(model, ids, max_new_tokens, sample, device))
 
 
+# Below this many parameters a decoding step is too small to split: more CPU threads only wait for each
+# other, and on a busy 2-core machine two threads fighting for the cores made one 128-token forward of the
+# bundled 0.8M-parameter model 12x slower (153 ms vs 13 ms). benchmarks/generate.py measures both.
+ONE_THREAD_BELOW = 20_000_000
+
+
+def decoding_threads(model: GPT2Model, device: torch.device) -> int:
+    """CPU threads a decoding step of ``model`` should use: one for a small model, all torch has otherwise."""
+    if device.type != "cpu":
+        return torch.get_num_threads()
+    parameters = sum(p.numel() for p in model.parameters())
+    return 1 if parameters < ONE_THREAD_BELOW else torch.get_num_threads()
+
+
 def _continue(model: GPT2Model, ids: list[int], max_new_tokens: int, sample, device: torch.device) -> Iterator[int]:
     decoder = Decoder(model)
     window = model.config.max_seq_len
-    for _ in range(max_new_tokens):
-        with torch.inference_mode(), inference_autocast(device):  # no autograd bookkeeping: ~7% per token on CPU
-            if decoder.length == 0 or decoder.length + 1 > window:  # first step, or the window is full
-                decoder.reset()
-                logits = decoder.feed(torch.tensor([ids[-window:]], device=device))
-            else:
-                logits = decoder.feed(torch.tensor([ids[-1:]], device=device))
-        ids.append(sample(logits[0]))
-        yield ids[-1]
+    threads, before = decoding_threads(model, device), torch.get_num_threads()
+    try:
+        for _ in range(max_new_tokens):
+            torch.set_num_threads(threads)  # each step: the caller may use torch between two characters
+            with torch.inference_mode(), inference_autocast(device):  # no autograd bookkeeping: ~7% per token on CPU
+                if decoder.length == 0 or decoder.length + 1 > window:  # first step, or the window is full
+                    decoder.reset()
+                    logits = decoder.feed(torch.tensor([ids[-window:]], device=device))
+                else:
+                    logits = decoder.feed(torch.tensor([ids[-1:]], device=device))
+            ids.append(sample(logits[0]))
+            torch.set_num_threads(before)
+            yield ids[-1]
+    finally:
+        torch.set_num_threads(before)
 
 
 def generate(model: GPT2Model, prompt: str, **options) -> str:

@@ -75,6 +75,5 @@ def check_claims(claims: list[Claim], measurement: Any) -> list[Claim]:
 def judge_claims(verdict: Verdict, claims: list[Claim]) -> None:
     """A row per measured claim on ``verdict``: a failed claim fails the file."""
     for claim in claims:
-        expected = f"{claim.value:g}" + ("" if claim.tolerance is None else f" ± {claim.tolerance:g}")
-        measured = None if claim.measured is None else f"{claim.measured:.4f}"
-        verdict.checks.append(Check(f"{claim.claim} ({claim.source})", expected, measured, STATUS[claim.verdict]))
+        verdict.checks.append(Check(f"{claim.claim} ({claim.source})", claim.value, claim.measured,
+                                    STATUS[claim.verdict], tolerance=claim.tolerance))

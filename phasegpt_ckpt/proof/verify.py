@@ -35,13 +35,26 @@ OK, FAIL, NOT_PUBLISHED, UNAVAILABLE = "ok", "fail", "not published", "unavailab
 
 @dataclass
 class Check:
-    """One row: what was checked, the value it should have, the value found, and the status."""
+    """One row: what was checked, the value it should have (± ``tolerance`` for a claim), the value found,
+    and the status. Values stay what they are (a size an int, a PPL a float), so ``--json`` has numbers."""
 
     check: str
-    expected: Optional[str]
-    actual: Optional[str]
+    expected: Any
+    actual: Any
     status: str  # ok | fail | not published | unavailable | no tolerance
     pins: bool = False  # compares with a published sha256: an ok row proves the bytes
+    tolerance: Optional[float] = None
+
+    @property
+    def expected_text(self) -> str:
+        return f"{self.expected:g} ± {self.tolerance:g}" if self.tolerance is not None else str(self.expected)
+
+    def explanation(self) -> str:
+        """The row as one clause: ``sha256 (manifest) is X, expected Y``; a contents row says its finding."""
+        if self.check.startswith("contents"):
+            return str(self.actual)
+        actual = f"{self.actual:.4f}" if isinstance(self.actual, float) else self.actual
+        return f"{self.check} is {actual}, expected {self.expected_text}"
 
 
 @dataclass
@@ -78,7 +91,7 @@ class Verdict:
     def expect(self, check: str, expected: Any, actual: Any, pins: bool = False) -> Check:
         """Add a row comparing ``actual`` with ``expected`` (None: nothing published to compare with)."""
         status = NOT_PUBLISHED if expected is None else OK if expected == actual else FAIL
-        row = Check(check, None if expected is None else str(expected), str(actual), status, pins)
+        row = Check(check, expected, actual, status, pins)
         self.checks.append(row)
         return row
 
@@ -184,14 +197,13 @@ def judge(subject: str, facts: FileFacts, artifact: Optional["Artifact"], *, rec
 
 
 def contents(verdict: Verdict, refused: Optional[str], unreadable: Optional[str]) -> None:
-    """A row saying whether the file loads weights-only: ``refused`` when its pickle would run code,
-    ``unreadable`` when it is no checkpoint at all (a failure only for a checkpoint artifact: a file no
-    artifact vouches for may be anything, a corpus or a YAML)."""
+    """A row saying whether the file loads weights-only as a checkpoint: ``refused`` when its pickle would
+    run code, ``unreadable`` when it is truncated or no checkpoint at all. Asked of checkpoint artifacts
+    and of any file no artifact describes: verifying a file proves it is what it claims to be."""
     check = "contents (weights-only load)"
     if refused is not None:
         verdict.checks.append(Check(check, "plain tensors and containers", refused, FAIL))
     elif unreadable is not None:
-        if verdict.artifact is not None:
-            verdict.checks.append(Check(check, "a readable checkpoint", unreadable, FAIL))
+        verdict.checks.append(Check(check, "a readable checkpoint", unreadable, FAIL))
     else:
         verdict.checks.append(Check(check, "plain tensors and containers", "plain tensors and containers", OK))

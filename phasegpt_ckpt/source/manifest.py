@@ -25,13 +25,22 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from phasegpt_ckpt import manifests
 from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.proof.digest import MD5_HEX, SHA256_HEX
 from phasegpt_ckpt.source.mirrors import Mirror
+from phasegpt_ckpt.yamlio import read_yaml
 
 # Seed placeholders: "zenodo.XXXXXXX", "osf.io/XXXXX", "[hash]", "[Link to be added]".
 PLACEHOLDER = re.compile(r"X{4,}|^\s*\[.*\]\s*$|^\s*$")
@@ -117,6 +126,7 @@ class Manifest(BaseModel):
     version: Literal[1]
     default: Optional[str] = None
     artifacts: dict[ArtifactName, Artifact] = {}
+    _sources: dict[str, Path] = PrivateAttr(default_factory=dict)  # artifact -> the file that defined it
 
     @model_validator(mode="before")
     @classmethod
@@ -140,6 +150,21 @@ class Manifest(BaseModel):
                 )
         return self
 
+    def source_of(self, name: str) -> Optional[Path]:
+        """The manifest file that defined artifact ``name`` (None for one built in memory)."""
+        return self._sources.get(name)
+
+    def layered(self, over: "Manifest") -> "Manifest":
+        """This manifest with ``over``'s entries laid on top (added, or replacing one of the same name)."""
+        try:
+            combined = Manifest.model_validate({"version": 1, "default": over.default or self.default,
+                                                "artifacts": {**self.artifacts, **over.artifacts}})
+        except ValidationError as err:
+            raise BadInput(f"the manifest {over.source_of(next(iter(over.artifacts), '')) or ''} does not fit over "
+                           f"the shipped one: {first_error(err)}") from None
+        combined._sources = {**self._sources, **over._sources}
+        return combined
+
     def artifact(self, name: Optional[str] = None) -> Artifact:
         """The artifact called ``name`` (the manifest's default when None).
 
@@ -158,44 +183,44 @@ class Manifest(BaseModel):
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:
-    """Read and validate a manifest: ``path``, else ``$PHASEGPT_MANIFEST``, else the shipped one.
+    """Read and validate a manifest: ``path``, else ``$PHASEGPT_MANIFEST``, else the shipped one with the
+    user's own (:func:`user_manifest_path`, where ``publish`` writes) laid over it, entry by entry.
 
     Relative ``local`` mirror paths are taken from the manifest file's directory.
 
     >>> load_manifest().artifact("tinyshakespeare").size
     1115394
     """
-    path = Path(path or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
+    given = path or os.environ.get("PHASEGPT_MANIFEST")
+    if given:
+        return _load_one(Path(given).expanduser())
+    shipped = _load_one(manifests.DEFAULT)
+    user = user_manifest_path()
+    return shipped.layered(_load_one(user)) if user.is_file() else shipped
+
+
+def user_manifest_path() -> Path:
+    """The user's own manifest, laid over the shipped one: ``publish`` adds entries there, never to the
+    installed package (``$PHASEGPT_USER_MANIFEST``, else the platform's config directory)."""
+    import platformdirs
+
+    return Path(os.environ.get("PHASEGPT_USER_MANIFEST")
+                or Path(platformdirs.user_config_dir("phasegpt-ckpt")) / "manifest.yaml").expanduser()
+
+
+def _load_one(path: Path) -> Manifest:
     data = _read_yaml(path)
     try:
-        return Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
+        manifest = Manifest.model_validate(data, context={"base_dir": path.resolve().parent})
     except ValidationError as err:
         raise BadInput(f"invalid manifest {path}: {first_error(err)}") from None
+    manifest._sources = dict.fromkeys(manifest.artifacts, path)
+    return manifest
 
 
 def _read_yaml(path: Path) -> dict:
     """The YAML mapping in ``path``, or a one-line BadInput saying what is wrong with the file."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise BadInput(f"manifest {path} not found") from None
-    except IsADirectoryError:
-        raise BadInput(f"manifest {path} is a directory, not a YAML file") from None
-    except UnicodeDecodeError:
-        raise BadInput(f"manifest {path} is not a UTF-8 text file") from None
-    except OSError as err:
-        raise BadInput(f"cannot read manifest {path}: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise BadInput(f"manifest {path} is not valid YAML{where}: {problem}") from None
-    except RecursionError:
-        raise BadInput(f"manifest {path} is nested too deeply to be a manifest") from None
-    except ValueError as err:  # a value YAML resolves but Python refuses: a date 2024-13-45, a 5000-digit number
-        raise BadInput(f"manifest {path} holds a value that cannot be read: {str(err).split(':')[0]}") from None
+    data = read_yaml(path, "manifest")
     if data is None:
         raise BadInput(f"manifest {path} is empty")
     if not isinstance(data, dict):

@@ -17,22 +17,22 @@ import gzip
 import json
 import logging
 import os
-import random
 import re
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional
 
 import requests
 import urllib3
 
+from phasegpt_ckpt.atomic import write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.digest import CHUNK, FileFacts, Hasher, feed
 from phasegpt_ckpt.proof.verify import mismatch
 from phasegpt_ckpt.reporting import Progress, report
 from phasegpt_ckpt.source import web
+from phasegpt_ckpt.source.web import RetryPolicy  # where the download's callers import it from
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +40,6 @@ WRITE_BEHIND = 32 * CHUNK  # bytes written between background flushes of the par
 
 if TYPE_CHECKING:
     from phasegpt_ckpt.source.mirrors.base import Source
-
-
-@dataclass
-class RetryPolicy:
-    """How hard one mirror is tried.
-
-    ``attempts`` caps consecutive attempts that brought no new bytes (the count restarts whenever
-    the part grows past its longest length so far). Waits double from ``backoff`` up to
-    ``max_backoff``, with jitter; a server's Retry-After is honoured up to ``max_retry_after``.
-    """
-
-    attempts: int = 5
-    backoff: float = 1.0
-    max_backoff: float = 30.0
-    max_retry_after: float = 120.0
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-
-    def wait(self, failures: int, retry_after: Optional[float]) -> float:
-        """Seconds to sleep before attempt ``failures + 1``."""
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        return min(self.max_backoff, self.backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
 class _Retry(Exception):
@@ -486,6 +463,9 @@ class _Part:
         os.fsync(self._file.fileno())
 
     def _write_sidecar(self) -> None:
-        temporary = self.sidecar.with_name(self.sidecar.name + ".tmp")
-        temporary.write_text(json.dumps({**self.meta, "bytes": self.size}, indent=1))
-        os.replace(temporary, self.sidecar)
+        """Replace the sidecar atomically and durably; ``save`` syncs the part before it, so the record
+        never runs ahead of the bytes on disk.
+
+        A full disk stays an ``OSError``: ``save`` tolerates one rather than hide the failure it records.
+        """
+        write_text(json.dumps({**self.meta, "bytes": self.size}, indent=1), self.sidecar, as_bad_input=False)

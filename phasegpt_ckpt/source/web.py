@@ -18,7 +18,9 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import time
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Optional
 from urllib.parse import urljoin, urlsplit
@@ -116,6 +118,36 @@ def retry_after(value: Optional[str]) -> Optional[float]:
     with contextlib.suppress(TypeError, ValueError):
         return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
     return None
+
+
+@dataclass
+class RetryPolicy:
+    """How hard a request is tried: a download from one mirror, or a provider's API call.
+
+    Downloads (:func:`~phasegpt_ckpt.source.transfer.transfer`) default to ``RetryPolicy()``; API
+    calls use ``mirrors.base.API_RETRY``, one retry after a 429.
+
+    ``attempts`` caps consecutive attempts that brought nothing (for a download, no new bytes: the
+    count restarts whenever the part grows past its longest length so far). Waits double from
+    ``backoff`` up to ``max_backoff``, with jitter; a server's Retry-After is honoured up to
+    ``max_retry_after``.
+
+    >>> RetryPolicy(max_retry_after=30).wait(1, retry_after=120.0)
+    30
+    """
+
+    attempts: int = 5
+    backoff: float = 1.0
+    max_backoff: float = 30.0
+    max_retry_after: float = 120.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 60.0
+
+    def wait(self, failures: int, retry_after: Optional[float]) -> float:
+        """Seconds to sleep before attempt ``failures + 1``."""
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        return min(self.max_backoff, self.backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
 def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str) -> Optional[str]:

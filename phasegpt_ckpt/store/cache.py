@@ -3,6 +3,7 @@
 Layout under the root (``--cache-dir``, ``$PHASEGPT_CACHE``, else the platform's user cache)::
 
     blobs/<sha256>                       verified bytes, read-only, shared by artifacts with equal content
+    quarantine/<sha256>.<time>           blobs found changed after they were verified, kept for a look
     artifacts/<name>/<filename>          hard link to the blob (a copy where links are impossible)
     receipts/<name>.json                 what was verified, against what, from where and when
     partial/<name>/<type>-<key>.part     transfers in progress, one per (artifact, mirror): resume finds them
@@ -22,7 +23,6 @@ import logging
 import os
 import shutil
 import stat
-import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
@@ -32,9 +32,10 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ValidationError
 
 from phasegpt_ckpt import __version__
-from phasegpt_ckpt.atomic import atomic_path, fsync_directory, write_text
+from phasegpt_ckpt.atomic import atomic_path, fsync_directory, link_into_place, write_text
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.proof.digest import FileFacts
+from phasegpt_ckpt.proof.digest import FileFacts, hash_file
+from phasegpt_ckpt.proof.verify import mismatch
 from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors.base import MirrorBase
 
@@ -55,6 +56,10 @@ class Receipt(BaseModel):
     tool_version: str
     pinned: bool
     pin: str  # "pinned (manifest sha256)", "unpinned (provider sha256)", ..., or TOFU
+    # The blob as it was when verified: while inode and mtime still match, its bytes are taken as
+    # verified; when they differ (edited in place, replaced), the blob is hashed again before use.
+    inode: Optional[int] = None
+    mtime_ns: Optional[int] = None
 
 
 class Cache:
@@ -107,16 +112,40 @@ class Cache:
         return [r for r in map(self.receipt, names) if r is not None]
 
     def lookup(self, artifact: Artifact) -> Optional[Receipt]:
-        """The receipt of a cached copy that still fits the manifest, else None.
+        """The receipt of a cached copy that still fits the manifest and its blob, else None.
 
-        Cheap (no hashing): the receipt must agree with the manifest's sha256 and size and the
-        blob must have the recorded size. ``verify`` re-hashes.
+        The receipt must agree with the manifest's sha256 and size, and the blob with the receipt: its
+        size, and its inode and mtime as recorded when it was verified. A blob whose inode or mtime
+        changed is hashed again (the proof stage judges it): still the same bytes, the receipt is
+        renewed; other bytes, the blob is moved to ``quarantine/`` and the caller fetches afresh.
         """
         receipt = self.receipt(artifact.name)
         if receipt is None or artifact.sha256 not in (None, receipt.sha256) or artifact.size not in (None, receipt.size):
             return None
         blob = self.blob(receipt.sha256)
-        return receipt if blob.is_file() and blob.stat().st_size == receipt.size else None
+        try:
+            status = blob.stat()
+        except OSError:
+            return None
+        if status.st_size != receipt.size:
+            return None
+        if (status.st_ino, status.st_mtime_ns) == (receipt.inode, receipt.mtime_ns):
+            return receipt
+        problem = mismatch(hash_file(blob), size=receipt.size, sha256=receipt.sha256)
+        if problem is not None:
+            moved = self.quarantine(receipt.sha256)
+            log.warning(f"the cached copy of {artifact.name} changed after it was verified ({problem[1]}); "
+                        f"moved it to {moved} and fetching it again")
+            return None
+        renewed = receipt.model_copy(update={"inode": status.st_ino, "mtime_ns": status.st_mtime_ns})
+        self._write_receipt(renewed)
+        return renewed
+
+    def quarantine(self, sha256: str) -> Path:
+        """Move a blob found corrupt out of ``blobs/`` (its readable names go with it); returns where it went."""
+        target = self._dir("quarantine") / f"{sha256}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+        os.replace(self.blob(sha256), target)
+        return target
 
     def store(self, artifact: Artifact, facts: FileFacts, *, pin: str) -> Path:
         """Move the verified file ``facts.path`` into the cache, name it, write the receipt; returns the path.
@@ -130,19 +159,21 @@ class Cache:
         blob.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # a hard-linked --dest copy must not be edited in place
         fsync_directory(blob.parent)
         readable = place(blob, self._dir("artifacts", artifact.name), artifact.filename)
+        status = blob.stat()
         receipt = Receipt(
             artifact=artifact.name, filename=artifact.filename, sha256=sha256, size=size, mirror=mirror,
             time=datetime.now(timezone.utc), tool_version=__version__, pinned=artifact.sha256 is not None, pin=pin,
+            inode=status.st_ino, mtime_ns=status.st_mtime_ns,
         )
-        write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{artifact.name}.json")
+        self._write_receipt(receipt)
         shutil.rmtree(self.root / "partial" / artifact.name, ignore_errors=True)  # other mirrors' leftovers
         return readable
 
     def discard(self, name: str) -> None:
-        """Forget artifact ``name``: its receipt, its readable name and its blob (found corrupt)."""
+        """Forget artifact ``name``: its receipt, its readable name and its blob (found corrupt: quarantined)."""
         receipt = self.receipt(name)
-        if receipt is not None:
-            self.blob(receipt.sha256).unlink(missing_ok=True)
+        if receipt is not None and self.blob(receipt.sha256).is_file():
+            self.quarantine(receipt.sha256)
         shutil.rmtree(self.root / "artifacts" / name, ignore_errors=True)
         (self.root / "receipts" / f"{name}.json").unlink(missing_ok=True)
 
@@ -150,6 +181,9 @@ class Cache:
         """The receipt whose blob *is* ``path`` (same inode: the cached file or a hard-linked ``--dest``)."""
         return next((r for r in self.receipts()
                      if self.blob(r.sha256).is_file() and os.path.samefile(path, self.blob(r.sha256))), None)
+
+    def _write_receipt(self, receipt: Receipt) -> None:
+        write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{receipt.artifact}.json")
 
     def _dir(self, *parts: str) -> Path:
         directory = self.root.joinpath(*parts)
@@ -173,23 +207,9 @@ def place(path: Path, dest_dir: str | Path, filename: str) -> Path:
         dest_dir.mkdir(parents=True, exist_ok=True)
         if final.exists() and os.path.samefile(path, final):
             return final
-        if not _link(path, final):  # another filesystem, or one without hard links
+        if not link_into_place(path, final):  # another filesystem, or one without hard links
             with atomic_path(final) as temp:
                 shutil.copyfile(path, temp)
     except OSError as err:
         raise BadInput(f"cannot write {final}: {err.strerror}") from None
     return final
-
-
-def _link(path: Path, final: Path) -> bool:
-    """Hard-link ``path`` at ``final`` in one rename (replacing what is there); False where links fail."""
-    temp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        os.link(path, temp)
-    except OSError:
-        return False
-    try:
-        os.replace(temp, final)
-    finally:
-        temp.unlink(missing_ok=True)
-    return True

@@ -77,11 +77,12 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
         if fetched is None and store.offline:
             mirrors = [mirror for mirror in mirrors if isinstance(mirror, LocalMirror)]  # a disk needs no network
             if not mirrors:
-                alternative = _offline_alternative(store, artifact)
+                alternative = offline_alternative(store, artifact)
                 raise MirrorsExhausted(
                     f"{artifact.name} is not in the cache ({store.cache.root}) and offline mode forbids downloading; "
                     f"`phasegpt-ckpt import {artifact.name} FILE` adds a copy you already have"
-                    + (f", or `--model {alternative}` works offline" if alternative else "")
+                    + (f" ({alternative} is at hand offline)" if alternative else ""),
+                    summary="offline, not cached",
                 )
         if fetched is None:
             fetched = _from_mirrors(store, artifact, mirrors, policy)
@@ -143,6 +144,7 @@ def list_artifacts(store: "Store") -> list[dict[str, Any]]:
             "size": artifact.size, "sha256": artifact.sha256,
             "cached": (receipt.pin if receipt else None),
             "mirrors": [_mirror_row(mirror) for mirror in artifact.mirrors],
+            "manifest": str(store.manifest.source_of(artifact.name) or ""),  # the file that lists it
         })
     return rows
 
@@ -215,7 +217,7 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
                 continue
             fetched.outcomes = outcomes + fetched.outcomes
             return fetched
-    raise MirrorsExhausted(_exhausted(store, artifact, outcomes), outcomes)
+    raise MirrorsExhausted(_exhausted(store, artifact, outcomes), outcomes, summary=_tried(outcomes))
 
 
 def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: requests.Session,
@@ -266,25 +268,33 @@ def _preflight(artifact: Artifact, source: Source) -> tuple[Optional[str], str]:
 
 
 def _exhausted(store: "Store", artifact: Artifact, outcomes: list[Outcome]) -> str:
-    """The one line for a failed fetch: each mirror's outcome, and an artifact that works offline."""
-    tried = ", ".join(f"{o.kind}: {o.status}" for o in outcomes) or "no mirrors listed"
+    """The one line for a failed fetch: each mirror's outcome, and a checkpoint at hand instead."""
+    tried = _tried(outcomes)
     if all(o.status == "unpublished" for o in outcomes):
         line = f"{artifact.name} has no published mirror yet ({tried})"
     else:
         line = f"every mirror of {artifact.name} failed ({tried})"
-    alternative = _offline_alternative(store, artifact)
-    return line + (f"; `--model {alternative}` works offline" if alternative else "")
+    alternative = offline_alternative(store, artifact)
+    return line + (f"; {alternative} is at hand offline" if alternative else "")
 
 
-def _offline_alternative(store: "Store", artifact: Artifact) -> Optional[str]:
-    """Another checkpoint that needs no network: cached, or on a published local mirror."""
+def _tried(outcomes: list[Outcome]) -> str:
+    return ", ".join(f"{o.kind}: {o.status}" for o in outcomes) or "no mirrors listed"
+
+
+def offline_alternative(store: "Store", artifact: Artifact) -> Optional[str]:
+    """Another checkpoint that needs no network: cached, or on a published local mirror (the bundled one)."""
     if artifact.kind != "checkpoint":
         return None
     for other in store.manifest.artifacts.values():
-        local = any(isinstance(m, LocalMirror) and m.published and m.path.is_file() for m in other.mirrors)
-        if other.kind == "checkpoint" and other is not artifact and (local or store.cache.lookup(other)):
+        if other.kind == "checkpoint" and other is not artifact and (on_local_mirror(other) or store.cache.lookup(other)):
             return other.name
     return None
+
+
+def on_local_mirror(artifact: Artifact) -> bool:
+    """Is a published ``local`` mirror of ``artifact`` there on disk?"""
+    return any(isinstance(m, LocalMirror) and m.published and m.path.is_file() for m in artifact.mirrors)
 
 
 def _mirror_row(mirror: MirrorBase) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -26,8 +27,7 @@ from pydantic import TypeAdapter, ValidationError
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from phasegpt_ckpt import manifests
-from phasegpt_ckpt.atomic import atomic_path
+from phasegpt_ckpt.atomic import atomic_path, write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
 from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from phasegpt_ckpt.models.data import corpus_or_bundled
@@ -35,7 +35,7 @@ from phasegpt_ckpt.proof.digest import FileFacts, hash_file
 from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
 from phasegpt_ckpt.proof.verify import describes, disagreement
 from phasegpt_ckpt.source import web
-from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest
+from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest, user_manifest_path
 from phasegpt_ckpt.source.mirrors import resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.hf import REPO_ID, HfMirror
@@ -85,22 +85,32 @@ def publish(
     tolerance: float = DEFAULT_TOLERANCE,
     data: str | Path | None = None,
     device: str = "cpu",
+    to_dir: str | Path | None = None,
+    known: Optional[Manifest] = None,
 ) -> Published:
     """Add (or update) checkpoint ``path`` as artifact ``name`` in ``manifest``, with its metadata JSON.
 
-    ``manifest``: the file to edit (default: ``$PHASEGPT_MANIFEST``, else the shipped one). The
+    ``manifest``: the file to edit (default: ``$PHASEGPT_MANIFEST``, else the user's own manifest, which
+    is laid over the shipped one: the installed package is never written; created when missing);
+    ``known``: the manifest names are looked up in (default: that file's). The
     metadata JSON is written beside the checkpoint as ``<stem>_info.json`` and listed as artifact
     ``<name>_info`` (or the one the entry already names). A file inside the manifest's directory gets
     a ``local`` mirror relative to it (a bundled checkpoint). ``hub_repo`` ("ORG/REPO") uploads both
     files in one commit and pins the Hub mirrors to it; ``records`` ("zenodo:ID", "zenodo:DOI",
     "osf:GUID", or mirror entries) are listed after their published size and hash agree with the file.
-    ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value.
+    ``to_dir`` copies both files into that folder and lists them there as ``local`` mirrors.
+    ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value, measured
+    on ``data`` (default: the corpus bundled with the package).
+
+    An entry no one could fetch is refused before anything is written: give ``hub_repo``, ``records``
+    or ``to_dir``, or keep the checkpoint in the manifest's own folder.
     """
     path = _checkpoint_file(path)
-    manifest_path = Path(manifest or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
-    current = load_manifest(manifest_path)
+    manifest_path = Path(manifest or os.environ.get("PHASEGPT_MANIFEST") or user_manifest_path()).expanduser()
+    current = known if known is not None else _existing(manifest_path)
     filename, metadata_name, metadata_filename = _names(current, name, path)
     hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
+    _require_a_mirror(current, name, manifest_path, path, hub or records or to_dir)
     ours = hash_file(path, want_md5=True)
     recorded = [_record_mirror(r, filename) for r in records]
     published_md5 = [_checked(mirror, ours).md5 is not None for mirror in recorded]
@@ -116,7 +126,9 @@ def publish(
     save_info(info, info_file)
     info_facts = hash_file(info_file)
 
-    ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file)
+    if to_dir is not None:
+        path, info_file = _copy_to(Path(to_dir), {filename: path, metadata_filename: info_file})
+    ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file, anywhere=to_dir is not None)
     revision = None
     if hub is not None:
         revision = upload_to_hub(hub, {filename: path, metadata_filename: info_file})
@@ -234,17 +246,21 @@ def _upload_failed(mirror: HfMirror, err: Exception) -> PhasegptError:
     return MirrorsExhausted(f"cannot reach {mirror.base_url()} to upload to {mirror.repo} ({type(err).__name__})")
 
 
-def hub_repo_of(target: str) -> str:
-    """The repository of ``--to hf:ORG/REPO``.
+def parse_target(target: str) -> tuple[Optional[str], Optional[Path]]:
+    """``--to hf:ORG/REPO`` (a Hub repository) or ``--to DIR`` (a folder): (repo, None) or (None, folder).
 
-    >>> hub_repo_of("hf:templetwo/phasegpt-checkpoints")
-    'templetwo/phasegpt-checkpoints'
+    >>> parse_target("hf:templetwo/phasegpt-checkpoints")
+    ('templetwo/phasegpt-checkpoints', None)
+    >>> parse_target("/data/mirror")
+    (None, PosixPath('/data/mirror'))
     """
     kind, _, repo = target.partition(":")
-    if kind != "hf":
-        raise BadInput(f"--to {target!r}: uploads go to the Hub (hf:ORG/REPO); list a Zenodo or OSF record "
-                       "you made by hand with --record")
-    return _hub_repo(repo)
+    if kind == "hf":
+        return _hub_repo(repo), None
+    if kind in ("zenodo", "zenodo-sandbox", "osf"):
+        raise BadInput(f"--to {target!r}: uploads go to the Hub (hf:ORG/REPO) or a folder; list a Zenodo or OSF "
+                       "record you made by hand with --record")
+    return None, Path(target).expanduser()
 
 
 def parse_record(spec: str, filename: str) -> MirrorBase:
@@ -315,18 +331,52 @@ def _checked(mirror: MirrorBase, ours: FileFacts, need_hash: bool = True) -> Sou
     return source
 
 
-def _local_mirrors(manifest_path: Path, *paths: Path) -> list[list[MirrorBase]]:
-    """For each path, a ``local`` mirror relative to the manifest when it lies in the manifest's directory."""
+def _local_mirrors(manifest_path: Path, *paths: Path, anywhere: bool = False) -> list[list[MirrorBase]]:
+    """For each path, a ``local`` mirror: relative to the manifest when it lies in the manifest's directory,
+    absolute when ``anywhere`` (a folder the user published to), else none (a path no other machine has)."""
     base = manifest_path.resolve().parent
     mirrors = []
     for path in paths:
-        try:
-            relative = path.resolve().relative_to(base)
-        except ValueError:  # elsewhere on this machine: a path no other machine has
-            mirrors.append([])
-            continue
-        mirrors.append([LocalMirror(path=Path(relative.as_posix()))])
+        if path.resolve().is_relative_to(base):
+            mirrors.append([LocalMirror(path=Path(path.resolve().relative_to(base).as_posix()))])
+        else:
+            mirrors.append([LocalMirror(path=path.resolve())] if anywhere else [])
     return mirrors
+
+
+def _require_a_mirror(current: Manifest, name: str, manifest_path: Path, path: Path, elsewhere) -> None:
+    """Refuse (before any file is written) an entry that would list no place to fetch the checkpoint from."""
+    previous = current.artifacts.get(name)
+    if elsewhere or path.resolve().is_relative_to(manifest_path.resolve().parent):
+        return
+    if previous is not None and any(m.published for m in previous.mirrors):
+        return
+    raise BadInput(f"{name} would be listed with no mirror, so no one could fetch it: publish with --to DIR "
+                   "(a folder, listed as a local mirror), --to hf:ORG/REPO, or --record zenodo:ID|osf:GUID")
+
+
+def _copy_to(folder: Path, files: dict[str, Path]) -> list[Path]:
+    """Copy ``files`` (name → local file) into ``folder`` atomically; the copies, in order."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"--to {folder}: cannot create the folder ({err.strerror})") from None
+    copies = []
+    for filename, source in files.items():
+        target = folder / filename
+        if not (target.exists() and target.resolve() == source.resolve()):
+            with atomic_path(target) as temp:
+                shutil.copyfile(source, temp)
+        copies.append(target)
+    log.info(f"copied {', '.join(files)} to {folder}")
+    return copies
+
+
+def _existing(manifest_path: Path) -> Manifest:
+    """The manifest at ``manifest_path``; an empty one when the file does not exist yet (the user's own)."""
+    if manifest_path.is_file():
+        return load_manifest(manifest_path)
+    return Manifest(version=1)
 
 
 # -- the manifest -----------------------------------------------------------------------------------
@@ -341,6 +391,8 @@ def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> Manifest:
     with :func:`~phasegpt_ckpt.source.manifest.load_manifest` before it atomically replaces the file.
     """
     yaml = _round_trip()
+    if not path.exists():
+        _start_manifest(path)
     try:
         document = yaml.load(path.read_text(encoding="utf-8"))
     except Exception as err:  # load_manifest already read it: only ruamel's own limits remain
@@ -360,6 +412,16 @@ def update_manifest(path: Path, entries: dict[str, dict[str, Any]]) -> Manifest:
     with atomic_path(path) as temp:
         temp.write_text(text.getvalue(), encoding="utf-8")
         return _valid_manifest(temp)
+
+
+def _start_manifest(path: Path) -> None:
+    """A new, empty manifest file (the user's own, the first time they publish)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BadInput(f"cannot create {path.parent} for the manifest: {err.strerror}") from None
+    write_text("# Your own artifacts, laid over the manifest that ships with phasegpt-ckpt "
+               "(`phasegpt-ckpt publish` writes here).\nversion: 1\nartifacts: {}\n", path)
 
 
 def _valid_manifest(temp: Path) -> Manifest:

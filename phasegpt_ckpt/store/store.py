@@ -54,7 +54,9 @@ class Store:
     def __init__(self, manifest: str | Path | Manifest | None = None, cache_dir: str | Path | None = None,
                  offline: Optional[bool] = None, *, progress: Optional[Progress] = None):
         self.manifest = manifest if isinstance(manifest, Manifest) else load_manifest(manifest)
-        self.manifest_path = None if isinstance(manifest, Manifest) else _manifest_path(manifest)
+        # The file named (argument, $PHASEGPT_MANIFEST) and so the one publish writes; None for the shipped
+        # manifest layered with the user's own, where publish writes the user's.
+        self.manifest_path = _named_manifest(manifest)
         self.cache = Cache(cache_dir)
         self.offline = _env_flag("PHASEGPT_OFFLINE") if offline is None else offline
         self.progress = progress
@@ -99,8 +101,24 @@ class Store:
         return fetching.import_file(self, name, path)
 
     def locate(self, ref: Optional[str] = None) -> Located:
-        """``NAME|PATH`` as a local file: a name is fetched (verified), a path taken as it is."""
-        return fetching.locate(self, ref)
+        """``NAME|PATH`` as a local file: a name is fetched (verified), a path taken as it is.
+
+        None means the manifest's default checkpoint; when it cannot be had (not published, no network),
+        the best checkpoint that can be (cached, or on a local mirror such as the bundled one) stands in,
+        and a warning says which and why. A name given explicitly never falls back.
+        """
+        if ref is not None:
+            return fetching.locate(self, ref)
+        default = self.manifest.artifact()
+        try:
+            return fetching.locate(self, default.name)
+        except MirrorsExhausted as err:
+            alternative = fetching.offline_alternative(self, default)
+            if alternative is None:
+                raise
+            log.warning(f"using {alternative}: the default checkpoint {default.name} cannot be had "
+                        f"({err.summary}); name {default.name} to insist")
+            return fetching.locate(self, alternative)
 
     def metadata(self, artifact: Artifact) -> Optional[CheckpointInfo]:
         """The metadata JSON of ``artifact`` (fetched if needed), or None when it names none."""
@@ -123,14 +141,14 @@ class Store:
         kind = facts.get("artifact", {}).get("kind")
         if facts["path"] is not None and kind in (None, "checkpoint"):
             path, receipt = Path(facts["path"]), facts["receipt"] or {}
-            try:  # a cached artifact's sha256 is checked before a byte of it is unpickled
-                if receipt:
-                    proof.require(hash_file(path), sha256=receipt.get("sha256"), action="not reading it")
+            artifact = self.manifest.artifacts.get(receipt.get("artifact", ""))
+            self._require_cached_bytes(Located(path, artifact, receipt.get("sha256")), action="not reading it")
+            try:
                 facts["checkpoint"] = describe(path, config=config)
             except BadInput as err:  # a file no artifact vouches for may be anything; a refused pickle still fails
                 if kind is not None:
                     raise
-                facts["checkpoint"] = {"not a checkpoint": str(err)}
+                facts["checkpoint"] = {"unreadable": str(err)}
         return facts
 
     # -- proof ---------------------------------------------------------------------------------------
@@ -161,9 +179,18 @@ class Store:
             self._evaluate(verdict, **evaluation)
         return verdict
 
-    def verify_cached(self, **options: Any) -> list[proof.Verdict]:
-        """:meth:`verify` every artifact of the manifest that has a copy in the cache."""
-        names = [r.artifact for r in self.cache.receipts() if r.artifact in self.manifest.artifacts]
+    def verify_available(self, **options: Any) -> list[proof.Verdict]:
+        """:meth:`verify` every artifact at hand: cached, or on a local mirror (the bundled ones included).
+
+        Raises ``VerificationFailed`` when there is nothing to verify: a verification that checked
+        nothing must not read as a success.
+        """
+        cached = {r.artifact for r in self.cache.receipts()}
+        names = [a.name for a in self.manifest.artifacts.values()
+                 if a.name in cached or fetching.on_local_mirror(a)]
+        if not names:
+            raise VerificationFailed(f"nothing to verify: no artifact is cached in {self.cache.root} or on a local "
+                                     "mirror; fetch one, or name a file")
         return [self.verify(name, **options) for name in names]
 
     # -- use -------------------------------------------------------------------------------------------
@@ -217,15 +244,15 @@ class Store:
 
     def publish(self, path: str | Path, name: str, *, manifest: str | Path | None = None,
                 data: str | Path | None = None, measure: bool = False, **options: Any) -> "Published":
-        """Hash, describe, upload and list checkpoint ``path`` as artifact ``name`` in ``manifest``
-        (default: this store's manifest file); see :func:`~phasegpt_ckpt.store.publish.publish`."""
+        """Hash, describe, upload and list checkpoint ``path`` as artifact ``name`` in ``manifest`` (default:
+        this store's manifest file, else the user's own manifest; never the installed package's); see
+        :func:`~phasegpt_ckpt.store.publish.publish` for ``hub_repo``, ``records``, ``to_dir``, ``tolerance``."""
         from phasegpt_ckpt.store.publish import publish
 
         target = Path(manifest).expanduser() if manifest else self.manifest_path
-        if target is None:
-            raise BadInput("publish needs a manifest file to write: pass manifest=PATH")
         corpus = self.corpus(data) if measure or data is not None else None
-        return publish(path, name, manifest=target, data=corpus, measure=measure, **options)
+        return publish(path, name, manifest=target, known=None if target else self.manifest, data=corpus,
+                       measure=measure, **options)
 
     # -- internals -----------------------------------------------------------------------------------
 
@@ -262,10 +289,12 @@ class Store:
             log.warning(f"removed the corrupt cached copy of {verdict.artifact.name}; "
                         f"`phasegpt-ckpt fetch {verdict.artifact.name}` downloads it again")
 
-    def _require_cached_bytes(self, located: Located) -> None:
+    def _require_cached_bytes(self, located: Located, action: str = "not loading it") -> None:
         """A cached artifact's sha256 is checked before a byte of it is unpickled."""
         if located.sha256 is not None:
-            proof.require(hash_file(located.path), sha256=located.sha256, action="not loading it")
+            name = located.artifact.name if located.artifact else None
+            fix = f"; `phasegpt-ckpt fetch {name} --force` downloads it again" if name else ""
+            proof.require(hash_file(located.path), sha256=located.sha256, action=action + fix)
 
     def _evaluate(self, verdict: proof.Verdict, *, data: str | Path | None = None, **options: Any) -> None:
         """Measure a verified checkpoint and add one row per claim (manifest and metadata JSON) to ``verdict``."""
@@ -280,7 +309,7 @@ class Store:
         else:
             metadata = metadata_beside(verdict.facts)
         report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata),
-                                     data=self.corpus(data), **options)
+                                     data=self.corpus(data), progress=self.progress, **options)
         judge_claims(verdict, report.checks)
         verdict.evaluation = report
 
@@ -298,10 +327,11 @@ def _load_problem(path: Path) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def _manifest_path(given: str | Path | None) -> Path:
-    from phasegpt_ckpt import manifests
-
-    return Path(given or os.environ.get("PHASEGPT_MANIFEST") or manifests.DEFAULT).expanduser()
+def _named_manifest(given: str | Path | Manifest | None) -> Optional[Path]:
+    if isinstance(given, Manifest):
+        return None
+    named = given or os.environ.get("PHASEGPT_MANIFEST")
+    return Path(named).expanduser() if named else None
 
 
 def _env_flag(name: str) -> bool:

@@ -8,7 +8,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal, Optional
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -24,6 +23,7 @@ from pydantic import (
 from model import GPT2Config
 from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.training import configs
+from phasegpt_ckpt.yamlio import read_yaml
 
 
 class _Section(BaseModel):
@@ -130,8 +130,4 @@ def load_config(ref: str | Path) -> RunConfig:
         if not shipped.is_file():
             raise BadInput(f"config {ref!r} is neither a file nor a shipped config ({', '.join(shipped_configs())})")
         path = shipped
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise BadInput(f"cannot read config {path}: {str(err).splitlines()[0]}") from None
-    return RunConfig.from_dict(raw, source=f"config {path}")
+    return RunConfig.from_dict(read_yaml(path, "config"), source=f"config {path}")

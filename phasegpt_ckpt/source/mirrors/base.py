@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 
 # Metadata calls are small: fail over to the next mirror quickly rather than wait.
 API_TIMEOUT = (10, 30)
-MAX_API_WAIT = 30.0  # seconds a rate-limited API call waits before its one retry
+# Rate limited (Zenodo allows 60 anonymous calls a minute): one retry, after Retry-After up to 30 s.
+API_RETRY = web.RetryPolicy(attempts=2, max_retry_after=30.0)
 
 # A URL field of a mirror entry: https, or http to loopback only (see web.check_url_allowed).
 AllowedUrl = Annotated[str, AfterValidator(web.allowed_url)]
@@ -100,12 +101,14 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
     variable that holds the provider token, named in the hint for 401/403 answers.
     The outcome tag is the HTTP status ("404"), or "network"/"timeout"/"bad answer".
     """
-    response = get(session, url, what=what, **kwargs)
-    if response.status_code == 429:  # rate limited (Zenodo allows 60 anonymous calls a minute): wait, once
-        wait = min(web.retry_after(response.headers.get("Retry-After")) or 1.0, MAX_API_WAIT)
-        log.info(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.0f}s")
+    failures = 0
+    while (response := get(session, url, what=what, **kwargs)).status_code == 429:
+        failures += 1
+        if failures >= API_RETRY.attempts:
+            break  # still rate limited: a failure like any other HTTP error, below
+        wait = API_RETRY.wait(failures, web.retry_after(response.headers.get("Retry-After")))
+        log.info(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.1f}s")
         time.sleep(wait)
-        response = get(session, url, what=what, **kwargs)
     if response.status_code >= 400:
         hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
         raise MirrorFailed(
