@@ -3,6 +3,10 @@
 The library logs and reports progress through callbacks; this module is what turns them into a
 terminal's lines and bars. :func:`setup` installs the one handler on ``phasegpt_ckpt``'s logger
 (``--quiet``: errors only); :class:`Bars` is the progress callback the commands hand to the Store.
+
+The last line of defence for secrets: log lines, notes, JSON documents, tables and the ``error:``
+line all pass through :func:`phasegpt_ckpt.tokens.scrub`, which masks every token value the
+process knows (``HF_TOKEN``, the saved Hub login, ``ZENODO_TOKEN``, ``OSF_TOKEN``).
 """
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ import sys
 from typing import Any, Optional
 
 from rich.console import Console
+from rich.text import Text
+
+from phasegpt_ckpt.tokens import masker, scrub
 
 stdout = Console(soft_wrap=True, highlight=False)
 stderr = Console(stderr=True, soft_wrap=True, highlight=False)
@@ -25,7 +32,7 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            message = record.getMessage()
+            message = scrub(record.getMessage())
             prefix = "warning: " if record.levelno == logging.WARNING else ""
             stderr.print(prefix + message, markup=False)
         except Exception:  # a broken pipe on stderr must not become a traceback
@@ -61,21 +68,58 @@ def show_progress() -> bool:
 
 
 def print_json(document: Any) -> None:
-    """Exactly one JSON document on stdout."""
-    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+    """Exactly one JSON document on stdout, every string in it (keys too) with tokens masked."""
+    mask = masker()
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            return mask(value)
+        if isinstance(value, dict):
+            return {masked(key): masked(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [masked(item) for item in value]
+        return value
+
+    sys.stdout.write(json.dumps(masked(document), indent=2, default=lambda value: mask(str(value))) + "\n")
     sys.stdout.flush()
 
 
 def note(message: str) -> None:
     """A status line on stderr (none with ``--quiet``)."""
     if not quiet:
-        stderr.print(message, markup=False)
+        stderr.print(scrub(message), markup=False)
+
+
+def error(message: str) -> None:
+    """The ``error: ...`` line that ends a failed command (printed even with ``--quiet``)."""
+    stderr.print(f"error: {scrub(message)}", markup=False)
 
 
 def table(rich_table) -> None:
-    """A table on stderr (an outcome table explaining an error or a skipped mirror); none with ``--quiet``."""
+    """A table on stderr (an outcome table explaining an error or a skipped mirror); none with ``--quiet``.
+
+    Its title, caption, headers and cells are masked before rich lays them out (a token wrapped
+    over two lines would slip past masking the printed text)."""
     if not quiet:
-        stderr.print(rich_table)
+        stderr.print(_masked_table(rich_table))
+
+
+def _masked_table(rich_table):
+    """``rich_table`` with tokens masked in every text it holds (in place; the table is only printed)."""
+    mask = masker()
+
+    def masked(cell):
+        if isinstance(cell, str):
+            return mask(cell)
+        if isinstance(cell, Text) and mask(cell.plain) != cell.plain:
+            return Text(mask(cell.plain), style=cell.style, justify=cell.justify, overflow=cell.overflow)
+        return cell
+
+    rich_table.title, rich_table.caption = masked(rich_table.title), masked(rich_table.caption)
+    for column in rich_table.columns:
+        column.header, column.footer = masked(column.header), masked(column.footer)
+        column._cells = [masked(cell) for cell in column.cells]
+    return rich_table
 
 
 class Bars:

@@ -29,7 +29,6 @@ import json
 import logging
 import pickle
 import re
-import zipfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from phasegpt_ckpt.atomic import atomic_path, write_text
 from phasegpt_ckpt.errors import BadInput, VerificationFailed
 from phasegpt_ckpt.models.data import CharDataset, corpus_or_bundled
 from phasegpt_ckpt.models.device import pick_device
+from phasegpt_ckpt.models.formats import sniff
 from phasegpt_ckpt.training.schedule import schedule_note
 from phasegpt_ckpt.yamlio import read_yaml
 
@@ -55,7 +55,6 @@ SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our
 BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
 BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
 TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
-ZIP_MAGIC = b"PK\x03\x04"  # torch.save's archives start so
 
 
 @dataclass
@@ -199,15 +198,11 @@ def _read(path: Path) -> _Contents:
     """
     if not path.is_file():
         raise BadInput(f"checkpoint {path} does not exist")
-    head, size = _head(path), path.stat().st_size
-    if _safetensors_header_length(head) is not None:
-        return _read_safetensors(path, _safetensors_header_length(head), size)
-    if not zipfile.is_zipfile(path):
-        if head.startswith(ZIP_MAGIC):
-            raise BadInput(f"{path} is truncated: it starts as a PyTorch checkpoint (a zip archive) but its end "
-                           f"is missing ({size} bytes); fetch or copy it again")
-        raise BadInput(f"{path} is not a checkpoint: neither a PyTorch checkpoint (zip format, torch >= 1.6) "
-                       "nor a safetensors file")
+    sniffed = sniff(path)
+    if sniffed.problem is not None:
+        raise BadInput(sniffed.problem)
+    if sniffed.kind == "safetensors":
+        return _read_safetensors(path)
     try:
         obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     except pickle.UnpicklingError as err:
@@ -245,20 +240,7 @@ def _first_line(err: BaseException) -> str:
     return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
-def _head(path: Path) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read(9)
-
-
-def _safetensors_header_length(head: bytes) -> Optional[int]:
-    """safetensors: an 8-byte little-endian header length, then a JSON header starting with '{'; its length, else None."""
-    return int.from_bytes(head[:8], "little") if len(head) == 9 and head[8:9] == b"{" else None
-
-
-def _read_safetensors(path: Path, header_length: int, size: int) -> _Contents:
-    if 8 + header_length > size:
-        raise BadInput(f"{path} is truncated: its safetensors header announces {header_length} bytes, "
-                       f"the file has {size}; fetch or copy it again")
+def _read_safetensors(path: Path) -> _Contents:
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             metadata = f.metadata() or {}

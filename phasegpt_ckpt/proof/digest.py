@@ -10,10 +10,12 @@ loading re-hash files without loading the download stack.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import queue
 import re
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,14 +83,62 @@ class FileFacts:
 def hash_file(path: str | Path, *, want_md5: bool = False, origin: str = "local file") -> FileFacts:
     """The facts of a file on disk, reading while hashing (sha256, and md5 on its own thread if asked).
 
+    A hash :func:`prefetch` started for the same unchanged file is waited for instead of done again.
+
     >>> facts = hash_file("/dev/null")
     >>> facts.size, facts.sha256
     (0, 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855')
     """
+    path = Path(path)
+    started = _prefetched.pop(_identity(path), None) if not want_md5 else None
+    if started is not None:
+        thread, result = started
+        thread.join()
+        if result:
+            return dataclasses.replace(result[0], origin=origin)
+    return _hash_now(path, want_md5, origin)
+
+
+def prefetch(path: str | Path) -> None:
+    """Start hashing ``path`` on a background thread, so the sha256 is (nearly) ready when :func:`hash_file`
+    asks for it: the command line starts it before its slower imports (``verify FILE`` pays its start-up
+    while the disk is read). Does nothing for a path that is not a regular file."""
+    path = Path(path)
+    try:
+        key = _identity(path)
+    except OSError:
+        return
+    if key is None or key in _prefetched:
+        return
+    result: list[FileFacts] = []
+
+    def run() -> None:
+        try:
+            result.append(_hash_now(path, False, "local file"))
+        except OSError:  # the caller's own hash_file reports it
+            pass
+
+    thread = threading.Thread(target=run, name=f"hash {path.name}", daemon=True)
+    _prefetched[key] = (thread, result)
+    thread.start()
+
+
+_prefetched: dict[tuple, tuple[threading.Thread, list]] = {}
+
+
+def _identity(path: Path) -> Optional[tuple]:
+    """(device, inode, size, mtime): a file changed since its prefetch is hashed again."""
+    status = os.stat(path)
+    if not stat.S_ISREG(status.st_mode):
+        return None
+    return status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns
+
+
+def _hash_now(path: Path, want_md5: bool, origin: str) -> FileFacts:
     hasher = Hasher(want_md5)
-    size = feed(Path(path), hasher, os.stat(path).st_size)
+    size = feed(path, hasher, os.stat(path).st_size)
     digests = hasher.hexdigests()
-    return FileFacts(Path(path), size, digests["sha256"], digests.get("md5"), origin)
+    return FileFacts(path, size, digests["sha256"], digests.get("md5"), origin)
 
 
 def feed(path: Path, hasher: Hasher, limit: int) -> int:

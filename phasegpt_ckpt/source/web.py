@@ -1,5 +1,10 @@
 """The rules every HTTP request of the tool follows, in one place.
 
+- One reading of a URL (:func:`parse`): the parser requests itself uses (``urllib3.util.parse_url``),
+  after refusing what parsers read differently (a backslash, user info before ``@``, spaces or
+  control characters, a non-ASCII or percent-encoded host). The scheme rule, origins, trusted
+  endpoints and which request carries a token are all decided from that one reading, so the host
+  the rules judge is the host the request goes to.
 - Only ``https://``, and plain ``http://`` to loopback addresses (local mirrors, tests).
 - Redirects are followed by hand, each hop checked against that rule; once a hop leaves the
   origin (scheme, host, port) the request was meant for, every header but a few portable ones
@@ -7,10 +12,14 @@
 - A provider token goes only to an endpoint the user trusts: the provider's public service,
   an origin the user configured for that provider (``HF_ENDPOINT``), or one listed in
   ``$PHASEGPT_TRUSTED_ENDPOINTS``. A manifest from elsewhere cannot collect tokens by naming
-  its own server as a mirror's ``endpoint``.
+  its own server as a mirror's ``endpoint``. URLs a provider's answer hands back (a next page, a
+  download link) get the token only on that same origin (or a file host the provider documents).
+- No token value is ever shown: :func:`scrub` masks every known one (``HF_TOKEN``, the saved Hub
+  login, ``ZENODO_TOKEN``, ``OSF_TOKEN``) in server text before it becomes a message, and the
+  command line passes all it prints through it once more.
 
 >>> origin("https://huggingface.co/org/repo/resolve/main/x.pt")
-('https', 'huggingface.co', 443)
+Origin(scheme='https', host='huggingface.co', port=443)
 """
 from __future__ import annotations
 
@@ -19,16 +28,20 @@ import ipaddress
 import logging
 import os
 import random
+import re
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Optional
+from typing import NamedTuple, Optional
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
+from phasegpt_ckpt.tokens import known_tokens, masker, scrub  # noqa: F401 - scrub is web's to callers
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +52,98 @@ PORTABLE_HEADERS = {"user-agent", "accept", "accept-encoding", "connection", "ra
 TRUSTED_ENDPOINTS = "PHASEGPT_TRUSTED_ENDPOINTS"  # comma-separated origins, or hosts (any port)
 
 
+class Origin(NamedTuple):
+    """Where a request goes: credentials never cross this boundary."""
+
+    scheme: str
+    host: str  # lower case, ASCII; an IPv6 address keeps its brackets, as urllib3 writes it
+    port: int
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):(?://([^/?#]*))?")
+# A host requests will connect to as written: DNS labels (no empty one, no '*'), or a bracketed IPv6 address.
+_HOST = re.compile(r"[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*|\[[0-9A-Fa-f:.]+\]")
+
+
+def parse(url: str) -> Origin:
+    """The one reading of ``url`` every rule here uses, or :class:`BadInput` in one line.
+
+    It is the reading requests acts on (``urllib3.util.parse_url``), and URLs that parsers read
+    differently are refused outright rather than guessed at: a backslash (``https://a.example\\@b.example/``
+    is host ``a.example`` to urllib3 and ``b.example`` to ``urllib.parse``), user info before ``@``,
+    spaces and control characters, a non-ASCII or percent-encoded host, a bad port, an unclosed ``[``.
+
+    >>> parse("https://HuggingFace.co/org/repo")
+    Origin(scheme='https', host='huggingface.co', port=443)
+    >>> parse("https://zenodo.org\\\\@evil.example/x")
+    Traceback (most recent call last):
+    phasegpt_ckpt.errors.BadInput: refusing URL 'https://zenodo.org\\\\@evil.example/x': it contains a backslash, which URL parsers read differently
+    """
+    if not isinstance(url, str):
+        raise BadInput(f"not a URL: {url!r}")
+
+    def refused(why: str) -> BadInput:
+        return BadInput(why.format(url=_shown(url)))
+
+    if "\\" in url:
+        raise refused("refusing URL {url}: it contains a backslash, which URL parsers read differently")
+    if any(c.isspace() or not c.isprintable() for c in url):
+        raise refused("refusing URL {url}: it contains a space or a control character")
+    match = _SCHEME.match(url)
+    scheme = match.group(1).lower() if match else ""
+    if scheme not in DEFAULT_PORTS or match.group(2) is None:
+        raise refused("not an http(s) URL: {url}")
+    authority = match.group(2)
+    if "@" in authority:
+        raise refused("refusing URL {url}: user info before '@' is not allowed in a URL "
+                      "(a provider token goes in its variable, e.g. HF_TOKEN)")
+    if not authority.isascii():
+        raise refused("refusing URL {url}: its host is not ASCII; write it in its xn-- (IDNA) form")
+    if "%" in authority:
+        raise refused("refusing URL {url}: its host is percent-encoded")
+    try:
+        parts = parse_url(url)
+    except LocationParseError:
+        raise refused("not a valid URL {url}: " + _authority_problem(authority)) from None
+    if not parts.host:
+        raise refused("not an http(s) URL: {url} (no host)")
+    if not _HOST.fullmatch(parts.host):
+        raise refused("not a valid URL {url}: not a valid host")
+    if parts.port == 0:
+        raise refused("not a valid URL {url}: the port must be a number from 1 to 65535")
+    found = Origin(scheme, parts.host.lower(), parts.port or DEFAULT_PORTS[scheme])
+    try:  # what the standard library reads must be the same origin, or the URL is ambiguous
+        other = urlsplit(url)
+        agree = ((other.hostname or "").lower() == found.host.strip("[]")
+                 and (other.port or DEFAULT_PORTS[scheme]) == found.port)
+    except ValueError:
+        agree = False
+    if not agree:
+        raise refused("refusing URL {url}: URL parsers disagree on its host")
+    return found
+
+
+def _authority_problem(authority: str) -> str:
+    """Why urllib3 could not read ``authority`` (host and port), in a few words."""
+    if authority.startswith("[") and "]" not in authority:
+        return "an IPv6 address with no closing ']'"
+    port = authority.rpartition("]")[2] if authority.startswith("[") else authority
+    if ":" in port:
+        digits = port.rpartition(":")[2]
+        if not (digits.isdigit() and 0 < int(digits) <= 65535):
+            return "the port must be a number from 1 to 65535"
+    return "not a valid host"
+
+
+def _shown(url: str, limit: int = 200) -> str:
+    """``url`` quoted for a one-line message: control characters escaped, long ones cut, tokens masked."""
+    return repr(scrub(url if len(url) <= limit else url[:limit] + "…"))
+
+
 def check_url_allowed(url: str) -> None:
-    """Refuse URLs the tool never fetches: non-http(s) schemes and plain http:// beyond loopback.
+    """Refuse URLs the tool never fetches: unparseable or ambiguous ones (:func:`parse`), non-http(s)
+    schemes, and plain http:// beyond loopback.
 
     >>> check_url_allowed("https://huggingface.co/x/resolve/main/best_model.pt")
     >>> check_url_allowed("http://127.0.0.1:8000/best_model.pt")   # loopback: local mirrors, tests
@@ -48,12 +151,10 @@ def check_url_allowed(url: str) -> None:
     Traceback (most recent call last):
     phasegpt_ckpt.errors.BadInput: refusing plain http:// to example.org (http://example.org/best_model.pt): use https://; plain http is allowed only to loopback addresses
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise BadInput(f"not an http(s) URL: {url!r}")
-    if parts.scheme == "http" and not _is_loopback(parts.hostname):
+    scheme, host, _ = parse(url)
+    if scheme == "http" and not _is_loopback(host):
         raise BadInput(
-            f"refusing plain http:// to {parts.hostname} ({url}): use https://; plain http is allowed only to loopback addresses"
+            f"refusing plain http:// to {host} ({scrub(url)}): use https://; plain http is allowed only to loopback addresses"
         )
 
 
@@ -70,39 +171,92 @@ def _is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
 
-def origin(url: str) -> tuple[str, str, int]:
-    """(scheme, host, port) of ``url``: credentials never cross this boundary."""
-    parts = urlsplit(url)
-    return parts.scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+def origin(url: str) -> Origin:
+    """(scheme, host, port) of ``url`` as :func:`parse` reads it (:class:`BadInput` if it can't):
+    credentials never cross this boundary."""
+    return parse(url)
+
+
+def _origin_or_none(url: Optional[str]) -> Optional[Origin]:
+    """``origin(url)``, None for a missing or refused URL (which is then trusted with nothing)."""
+    if not url:
+        return None
+    try:
+        return parse(url)
+    except BadInput:
+        return None
 
 
 def get(session: requests.Session, url: str, *, label: str, timeout, headers: Optional[dict] = None,
         params: Optional[dict] = None, stream: bool = False) -> requests.Response:
     """GET ``url`` following redirects under the rules above; the final (non-redirect) response.
 
-    Raises :class:`MirrorFailed` for a redirect to a refused URL or too many redirects; network
-    errors are requests' own exceptions, for the caller to retry or map.
+    ``url`` itself must pass :func:`check_url_allowed` (:class:`BadInput` otherwise: callers check
+    URLs a server handed them first). Raises :class:`MirrorFailed` for a redirect to a refused URL
+    or too many redirects; network errors are requests' own exceptions, for the caller to retry or map.
+    Known tokens a server echoes in its reason phrase or headers are masked before anyone reads them.
     """
+    check_url_allowed(url)
     home, headers = origin(url), dict(headers or {})
     for _ in range(MAX_REDIRECTS + 1):
         response = session.get(url, headers=headers, params=params, stream=stream, allow_redirects=False,
-                               timeout=timeout)
-        if not response.is_redirect:
+                               timeout=timeout, hooks={"response": [_hold_location]})
+        _mask_echoes(response)
+        location = getattr(response, "held_location", None)
+        if location is None:
             return response
         response.close()
-        url, params = urljoin(response.url, response.headers["Location"]), None  # Location has its own query
-        try:
-            check_url_allowed(url)
-        except BadInput as err:
-            raise MirrorFailed("insecure redirect", f"{label}: redirected to {url}: {err}") from None
+        url, params = _next_hop(response.url, location, label), None  # Location has its own query
         if origin(url) != home:
             headers = {k: v for k, v in headers.items() if k.lower() in PORTABLE_HEADERS}
     raise MirrorFailed("redirect loop", f"{label}: more than {MAX_REDIRECTS} redirects")
+
+
+def _hold_location(response: requests.Response, *args, **kwargs) -> requests.Response:
+    """A response hook: a redirect's ``Location`` is taken from requests and kept for :func:`get`.
+
+    Even with ``allow_redirects=False`` requests prepares the next request (``Response.next``) with its
+    own URL parsing, which raises ValueError on a bad port or an unclosed ``[``; without the header it
+    does nothing, and the one rule here reads the Location instead.
+    """
+    if response.status_code in requests.models.REDIRECT_STATI and "Location" in response.headers:
+        response.held_location = response.headers.pop("Location")
+    return response
+
+
+def _next_hop(base: str, location: str, label: str) -> str:
+    """The absolute URL a redirect from ``base`` points to, checked by the one rule; :class:`MirrorFailed` if refused."""
+    with contextlib.suppress(UnicodeError):  # http.client reads headers as latin-1; servers send UTF-8
+        location = location.encode("latin-1").decode("utf-8")
+    location = scrub(location)  # a token in a redirect goes nowhere, and into no message
+    try:
+        url = urljoin(base, location)
+        parse(url)
+    except (ValueError, BadInput) as err:  # urljoin's ValueError: an unclosed '['
+        reason = err if isinstance(err, BadInput) else f"not a valid URL {_shown(location)}"
+        raise MirrorFailed("bad redirect", f"{label}: the server redirected to an unusable address: {reason}") from None
+    try:
+        check_url_allowed(url)
+    except BadInput as err:
+        raise MirrorFailed("insecure redirect", f"{label}: redirected to {scrub(url)}: {err}") from None
+    return url
+
+
+def _mask_echoes(response: requests.Response) -> None:
+    """Mask known tokens a server echoes back in its reason phrase or headers (messages quote both)."""
+    tokens = known_tokens()
+    if not tokens:
+        return
+    mask = masker(*tokens)
+    response.reason = mask(response.reason)
+    for name, value in list(response.headers.items()):
+        if any(token in value for token in tokens):
+            response.headers[name] = mask(value)
 
 
 def retry_after(value: Optional[str]) -> Optional[float]:
@@ -160,31 +314,35 @@ def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str
     """
     if not token:
         return None
-    if origin(endpoint) in {origin(s) for s in services if s} or _listed(endpoint):
+    if on_origin(endpoint, *services) or listed(endpoint):
         return token
-    log.warning(f"not sending {name} to {endpoint}: it is not {services[0]}; "
+    shown = scrub(endpoint) if _origin_or_none(endpoint) else _shown(endpoint)  # quoted when it may hold anything
+    log.warning(f"not sending {name} to {shown}: it is not {services[0]}; "
                  f"if that server is yours, add it to ${TRUSTED_ENDPOINTS}")
     return None
 
 
-def _listed(endpoint: str) -> bool:
-    """Is ``endpoint`` in ``$PHASEGPT_TRUSTED_ENDPOINTS`` (an origin, or a bare host meaning any port)?"""
-    scheme, host, port = origin(endpoint)
+def on_origin(url: Optional[str], *trusted: Optional[str]) -> bool:
+    """Does ``url`` lie on the origin of one of the ``trusted`` URLs (None, empty or refused ones match nothing)?
+
+    >>> on_origin("https://hub.example/api/x", "https://hub.example"), on_origin("https://cdn.example/x", "https://hub.example")
+    (True, False)
+    """
+    here = _origin_or_none(url)
+    return here is not None and here in {_origin_or_none(t) for t in trusted}
+
+
+def listed(url: str) -> bool:
+    """Is ``url``'s origin in ``$PHASEGPT_TRUSTED_ENDPOINTS`` (an origin, or a bare host meaning any port)?"""
+    here = _origin_or_none(url)
+    if here is None:
+        return False
     for entry in filter(None, (e.strip() for e in os.environ.get(TRUSTED_ENDPOINTS, "").split(","))):
-        if "://" in entry and origin(entry) == (scheme, host, port):
+        if "://" in entry and _origin_or_none(entry) == here:
             return True
-        if "://" not in entry and entry.lower() == host:
+        if "://" not in entry and entry.lower() in (here.host, here.host.strip("[]")):
             return True
     return False
-
-
-def scrub(text: str, token: Optional[str]) -> str:
-    """``text`` with ``token`` masked: server messages may echo request headers back.
-
-    >>> scrub("bad credentials hf_abc", "hf_abc")
-    'bad credentials ***'
-    """
-    return text.replace(token, "***") if token else text
 
 
 def bearer(token: Optional[str]) -> dict[str, str]:
@@ -192,13 +350,16 @@ def bearer(token: Optional[str]) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-def credentials_for(url: str, token: Optional[str], *trusted: str) -> dict[str, str]:
-    """The token's header only when ``url`` lies on one of the ``trusted`` origins.
+def credentials_for(url: str, token: Optional[str], *trusted: Optional[str]) -> dict[str, str]:
+    """The token's header only when ``url`` lies on one of the ``trusted`` origins (:func:`on_origin`:
+    the same reading of the URL the request will use; a refused URL gets nothing).
 
     >>> credentials_for("https://cdn.example/x", "t", "https://hub.example")
     {}
+    >>> credentials_for("https://evil.example\\\\@hub.example/x", "t", "https://hub.example")
+    {}
     """
-    return bearer(token) if origin(url) in {origin(t) for t in trusted} else {}
+    return bearer(token) if token and on_origin(url, *trusted) else {}
 
 
 def reroute(session: requests.Session, endpoint: str, *prefixes: str) -> None:

@@ -8,8 +8,11 @@ Layout under the root (``--cache-dir``, ``$PHASEGPT_CACHE``, else the platform's
     receipts/<name>.json                 what was verified, against what, from where and when
     partial/<name>/<type>-<key>.part     transfers in progress, one per (artifact, mirror): resume finds them
     locks/<name>.lock                    one fetch of an artifact at a time, across threads and processes
+    used/<name>                          empty; its mtime is when the cache last served the artifact
 
 Bytes reach ``blobs/`` only through :meth:`Cache.store`, after the caller checked sha256 and size.
+Housekeeping (``phasegpt-ckpt cache ls|rm|prune``): :meth:`Cache.entries`, :meth:`Cache.remove` and
+:meth:`Cache.prune`, each safe beside a fetch in another process (they take or test its lock).
 
 >>> cache = Cache("/tmp/phasegpt-doctest-cache")
 >>> cache.blob("ab" * 32).relative_to(cache.root).as_posix()[:12]
@@ -19,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import shutil
 import stat
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, Optional
@@ -60,6 +65,136 @@ class Receipt(BaseModel):
     # verified; when they differ (edited in place, replaced), the blob is hashed again before use.
     inode: Optional[int] = None
     mtime_ns: Optional[int] = None
+
+
+@dataclass
+class Partial:
+    """A download not finished: its ``.part`` file, the bytes in it, the size it is heading for (from
+    its sidecar, when known), and whether a fetch is writing it now (its artifact's lock is held)."""
+
+    path: Path
+    size: int
+    expected_size: Optional[int]
+    in_progress: bool
+
+
+@dataclass
+class CacheEntry:
+    """One artifact name the cache holds anything for: its verified file (from the receipt) and partials.
+
+    ``state``: ``cached``; ``blob missing`` or ``blob changed`` (the receipt's bytes are gone or another
+    size: the next fetch downloads them again); ``unreadable receipt``; ``partial`` (a download not
+    finished, nothing verified yet); ``stray`` (a readable name or use record without a receipt).
+    ``last_used``: the later of when it was fetched and when the cache last served it.
+    ``shared_with``: other artifacts whose receipts point to the same blob (equal content).
+    """
+
+    name: str
+    state: str
+    filename: Optional[str] = None
+    path: Optional[Path] = None
+    sha256: Optional[str] = None
+    size: Optional[int] = None
+    pinned: Optional[bool] = None
+    pin: Optional[str] = None
+    fetched: Optional[datetime] = None
+    last_used: Optional[datetime] = None
+    shared_with: list[str] = field(default_factory=list)
+    partials: list[Partial] = field(default_factory=list)
+
+
+@dataclass
+class Dropped:
+    """One file :meth:`Cache.remove` or :meth:`Cache.prune` took away (in a dry run: would take), or, with
+    a ``reason``, kept. ``kind``: receipt, readable name, blob, partial, use record, orphan blob,
+    quarantined, stray; ``name``: its artifact, where it has one."""
+
+    kind: str
+    path: Path
+    size: int
+    name: Optional[str] = None
+    reason: str = ""
+
+
+@dataclass
+class Removed:
+    """What :meth:`Cache.remove` took away. ``kept_blob_for``: artifacts whose receipts still point to the
+    blob, which therefore stayed; ``blob_kept``: why the blob stayed otherwise (a fetch in progress).
+    ``freed``: bytes the disk got back (a file with another hard link, say a ``fetch --dest`` copy, frees
+    nothing)."""
+
+    name: str
+    files: list[Dropped]
+    freed: int
+    kept_blob_for: list[str] = field(default_factory=list)
+    blob_kept: str = ""
+
+
+@dataclass
+class Pruned:
+    """What :meth:`Cache.prune` removed (``dry_run``: would remove), what it kept and why, and the bytes freed."""
+
+    dry_run: bool
+    removed: list[Dropped]
+    kept: list[Dropped]
+    freed: int
+
+
+def _children(directory: Path) -> list[Path]:
+    """The entries of ``directory``, sorted; none when it does not exist (housekeeping creates nothing)."""
+    try:
+        return sorted(directory.iterdir())
+    except OSError:
+        return []
+
+
+def _files(directory: Path) -> list[Path]:
+    """The regular files under ``directory`` (not following links), sorted."""
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()) if directory.is_dir() else []
+
+
+def _size(path: Path) -> Optional[int]:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return None
+
+
+def _mtime(path: Path) -> Optional[datetime]:
+    try:
+        return datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    except OSError:
+        return None
+
+
+def _listed(kind: str, paths: list[Path], name: Optional[str] = None, reason: str = "") -> list[Dropped]:
+    """``paths`` that exist, as :class:`Dropped` rows."""
+    return [Dropped(kind, path, size, name, reason) for path in paths if (size := _size(path)) is not None]
+
+
+def _freed(files: list[Dropped]) -> int:
+    """Bytes the disk gets back when ``files`` go: a file counts once all its hard links are among them."""
+    inodes: dict[tuple[int, int], list[int]] = {}
+    for dropped in files:
+        try:
+            status = dropped.path.lstat()
+        except OSError:
+            continue
+        seen = inodes.setdefault((status.st_dev, status.st_ino), [0, status.st_nlink, status.st_size])
+        seen[0] += 1
+    return sum(size for count, links, size in inodes.values() if count >= links)
+
+
+def _delete(files: list[Dropped], directories: list[Path]) -> None:
+    """Unlink ``files``, then drop ``directories`` left empty."""
+    for dropped in files:
+        try:
+            dropped.path.unlink(missing_ok=True)
+        except OSError as err:
+            raise BadInput(f"cannot remove {dropped.path}: {err.strerror}") from None
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 class Cache:
@@ -181,6 +316,180 @@ class Cache:
         """The receipt whose blob *is* ``path`` (same inode: the cached file or a hard-linked ``--dest``)."""
         return next((r for r in self.receipts()
                      if self.blob(r.sha256).is_file() and os.path.samefile(path, self.blob(r.sha256))), None)
+
+    # -- housekeeping: what is here, and taking it away (phasegpt-ckpt cache ls | rm | prune) --------
+
+    def names(self) -> list[str]:
+        """Every artifact name the cache holds anything for: receipt, readable name, partial download, use record."""
+        found = {p.stem for p in _children(self.root / "receipts") if p.suffix == ".json"}
+        found |= {p.name for p in _children(self.root / "artifacts") if p.is_dir()}
+        found |= {p.name for p in _children(self.root / "partial") if p.is_dir()}
+        found |= {p.name for p in _children(self.root / "used")}
+        return sorted(name for name in found if not name.startswith("."))  # .tmp files of atomic writes
+
+    def require(self, *names: str) -> None:
+        """Raise ``BadInput`` (one line) unless the cache holds something for each of ``names``."""
+        held = self.names()
+        unknown = [name for name in names if name not in held]
+        if unknown:
+            raise BadInput(f"not in the cache {self.root}: {', '.join(unknown)} "
+                           f"(it holds: {', '.join(held) or 'nothing'})")
+
+    def entries(self) -> list[CacheEntry]:
+        """One :class:`CacheEntry` per name, by name: what ``cache ls`` shows. Writes nothing; a partial
+        counts as in progress while another process or thread holds its artifact's lock."""
+        names = self.names()
+        receipts = {name: receipt for name in names if (receipt := self.receipt(name)) is not None}
+        by_blob: dict[str, list[str]] = {}
+        for name, receipt in receipts.items():
+            by_blob.setdefault(receipt.sha256, []).append(name)
+        entries = []
+        for name in names:
+            partials, used, receipt = self._partials(name), _mtime(self.root / "used" / name), receipts.get(name)
+            if receipt is None:
+                state = ("unreadable receipt" if (self.root / "receipts" / f"{name}.json").exists()
+                         else "partial" if partials else "stray")
+                entries.append(CacheEntry(name, state, last_used=used, partials=partials))
+                continue
+            size = _size(self.blob(receipt.sha256))
+            state = "cached" if size == receipt.size else "blob missing" if size is None else "blob changed"
+            entries.append(CacheEntry(
+                name, state, receipt.filename, self.root / "artifacts" / name / receipt.filename, receipt.sha256,
+                receipt.size, receipt.pinned, receipt.pin, receipt.time, max(filter(None, (receipt.time, used))),
+                [other for other in by_blob[receipt.sha256] if other != name], partials,
+            ))
+        return entries
+
+    def mark_used(self, name: str) -> None:
+        """Record that artifact ``name`` was just served from the cache: ``used/<name>``'s mtime, one
+        ``utime`` per use. A cache that cannot be written only loses the record."""
+        path = self.root / "used" / name
+        try:
+            os.utime(path)
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.touch()
+        except OSError as err:
+            log.debug(f"cannot record the use of {name}: {err}")
+
+    def remove(self, name: str, *, wait: bool = False) -> Removed:
+        """Take artifact ``name`` out of the cache: receipt, readable name, partial downloads, use record,
+        and its blob unless another artifact's receipt points to it (equal content) or a fetch in progress
+        may be storing the same bytes (``cache prune`` takes it later).
+
+        Raises ``BadInput`` for a name the cache does not hold, and, unless ``wait``, when another
+        process or thread holds the artifact's lock (a fetch in progress); ``wait`` waits for it.
+        """
+        self.require(name)
+        with contextlib.ExitStack() as held:
+            if self._hold(held, name) is False:
+                if not wait:
+                    raise BadInput(f"{name} is being fetched right now ({self.root / 'locks' / f'{name}.lock'} is "
+                                   "held); run again when that fetch ends, or wait for it (--wait)")
+                held.enter_context(self.lock(name))
+            receipt = self.receipt(name)
+            files = _listed("receipt", [self.root / "receipts" / f"{name}.json"], name)
+            files += _listed("readable name", _files(self.root / "artifacts" / name), name)
+            kept_for, blob_kept = [], ""
+            if receipt is not None and self.blob(receipt.sha256).is_file():
+                kept_for = sorted(r.artifact for r in self.receipts()
+                                  if r.sha256 == receipt.sha256 and r.artifact != name)
+                busy = self._hold_all(held, self._lock_names(), taken={name})
+                if busy and not kept_for:
+                    blob_kept = f"a fetch of {', '.join(sorted(busy))} is in progress and may be storing equal bytes"
+                elif not kept_for:
+                    files += _listed("blob", [self.blob(receipt.sha256)], name)
+            files += _listed("partial", _files(self.root / "partial" / name), name)
+            files += _listed("use record", [self.root / "used" / name], name)
+            freed = _freed(files)
+            _delete(files, [self.root / "artifacts" / name, self.root / "partial" / name])
+        log.debug(f"removed {name} from {self.root}")
+        return Removed(name, files, freed, kept_for, blob_kept)
+
+    def prune(self, *, dry_run: bool = False) -> Pruned:
+        """Remove what no artifact needs: blobs no readable receipt points to, partial downloads no fetch is
+        writing, quarantined blobs, readable names and use records left without a receipt.
+
+        Each artifact's lock is taken (never waited for) before its files go; a partial whose lock another
+        process holds is a download in progress and stays, and orphan blobs stay while any fetch is in
+        progress (its bytes may be landing). Lock files stay: removing one a process has open breaks it.
+        ``dry_run`` lists the same and removes nothing (nor creates a lock file).
+        """
+        removed: list[Dropped] = []
+        kept: list[Dropped] = []
+        with contextlib.ExitStack() as held:
+            taken: set[str] = set()
+            names = self.names()
+            busy = self._hold_all(held, names, taken=taken, create=not dry_run)
+            busy |= self._hold_all(held, self._lock_names(), taken=taken, create=False)
+            receipt_files = {p.stem for p in _children(self.root / "receipts") if p.suffix == ".json"}
+            for name in names:
+                reason = f"a fetch of {name} is in progress" if name in busy else ""
+                leftovers = _listed("partial", _files(self.root / "partial" / name), name, reason)
+                if name not in receipt_files:
+                    leftovers += _listed("stray", _files(self.root / "artifacts" / name), name, reason)
+                    leftovers += _listed("stray", [self.root / "used" / name], name, reason)
+                (kept if reason else removed).extend(leftovers)
+            if not dry_run:  # a fetch that began meanwhile: its lock file is new
+                busy |= self._hold_all(held, self._lock_names(), taken=taken, create=False)
+            referenced = {receipt.sha256 for receipt in self.receipts()}
+            orphans = [p for p in _files(self.root / "blobs") if p.name not in referenced]
+            reason = f"a fetch of {', '.join(sorted(busy))} is in progress and may be storing it" if busy else ""
+            (kept if reason else removed).extend(_listed("orphan blob", orphans, None, reason))
+            removed += _listed("quarantined", _files(self.root / "quarantine"))
+            freed = _freed(removed)
+            if not dry_run:
+                _delete(removed, [self.root / sub / name for sub in ("artifacts", "partial") for name in names])
+        if not dry_run and removed:
+            log.debug(f"pruned {len(removed)} files from {self.root}")
+        return Pruned(dry_run, removed, kept, freed)
+
+    def _partials(self, name: str) -> list[Partial]:
+        """The ``.part`` files of artifact ``name``, in progress when another holder has its lock."""
+        parts = [(path, size) for path in _files(self.root / "partial" / name)
+                 if path.name.endswith(".part") and (size := _size(path)) is not None]
+        if not parts:
+            return []
+        with contextlib.ExitStack() as held:
+            in_progress = self._hold(held, name, create=False) is False
+        partials = []
+        for path, size in parts:
+            try:
+                expected = json.loads(path.with_name(path.name + ".json").read_text()).get("expected_size")
+            except (OSError, ValueError, AttributeError):
+                expected = None
+            partials.append(Partial(path, size, expected if isinstance(expected, int) else None, in_progress))
+        return partials
+
+    def _lock_names(self) -> list[str]:
+        return [p.name.removesuffix(".lock") for p in _children(self.root / "locks") if p.name.endswith(".lock")]
+
+    def _hold(self, held: contextlib.ExitStack, name: str, *, create: bool = True) -> Optional[bool]:
+        """Take artifact ``name``'s lock without waiting, released when ``held`` closes: True when taken,
+        False when another process or thread holds it, None when there is no lock file and ``create`` is
+        off (no fetch of it has begun) or the lock cannot be opened (a cache this user cannot write)."""
+        path = self.root / "locks" / f"{name}.lock"
+        if not create and not path.exists():
+            return None
+        lock = FileLock(self._dir("locks") / f"{name}.lock" if create else path)
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            return False
+        except OSError:
+            return None
+        held.callback(lock.release)
+        return True
+
+    def _hold_all(self, held: contextlib.ExitStack, names, *, taken: set[str], create: bool = True) -> set[str]:
+        """:meth:`_hold` each of ``names`` not in ``taken`` (which grows); the names another holder has."""
+        busy = set()
+        for name in sorted(set(names) - taken):
+            taken.add(name)
+            if self._hold(held, name, create=create) is False:
+                busy.add(name)
+        return busy
 
     def _write_receipt(self, receipt: Receipt) -> None:
         write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{receipt.artifact}.json")

@@ -195,6 +195,7 @@ def _from_cache(artifact: Artifact, cache: Cache) -> Optional[Fetched]:
     receipt = cache.lookup(artifact)
     if receipt is None:
         return None
+    cache.mark_used(artifact.name)  # what `cache ls` shows as last used
     path = place(cache.blob(receipt.sha256), cache.path(artifact).parent, artifact.filename)
     return Fetched(path, receipt.size, receipt.sha256, origin=receipt.mirror, name=artifact.name,
                    pinned=artifact.sha256 is not None, from_cache=True, pin=receipt.pin)

@@ -3,7 +3,8 @@
 It resolves the defaults once (the shipped manifest or ``--manifest``/``$PHASEGPT_MANIFEST``, the
 platform's cache directory or ``$PHASEGPT_CACHE``, ``$PHASEGPT_OFFLINE``) and answers everything the
 command line does, as return values: fetch, import, locate, verify (with ``evaluate=True`` the
-claims too), info, list, load, analyze, train, resume, publish. It logs to ``logging`` and prints
+claims too), info, list, load, analyze, compare, train, resume, publish; ``store.cache`` keeps the
+files (``entries``, ``remove``, ``prune``). It logs to ``logging`` and prints
 nothing; pass ``progress`` to hear how far a download or a training epoch got.
 
 >>> from phasegpt_ckpt import Store
@@ -16,12 +17,15 @@ PosixPath('.../artifacts/tinyshakespeare/input.txt')
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, PhasegptError, VerificationFailed
+from phasegpt_ckpt.models.formats import Sniffed, sniff
 from phasegpt_ckpt.proof import verify as proof
 from phasegpt_ckpt.proof.digest import hash_file
 from phasegpt_ckpt.proof.metadata import CheckpointInfo
@@ -135,8 +139,6 @@ class Store:
     def info(self, ref: Optional[str] = None, *, config=None) -> dict[str, Any]:
         """What is known about ``NAME|PATH`` without downloading a checkpoint: manifest entry, receipt,
         metadata JSON, and for a checkpoint what it holds (epoch, parameters, ...), no weight read."""
-        from phasegpt_ckpt.models.checkpoint import describe
-
         facts = fetching.artifact_info(self, ref)
         kind = facts.get("artifact", {}).get("kind")
         if facts["path"] is not None and kind in (None, "checkpoint"):
@@ -144,7 +146,7 @@ class Store:
             artifact = self.manifest.artifacts.get(receipt.get("artifact", ""))
             self._require_cached_bytes(Located(path, artifact, receipt.get("sha256")), action="not reading it")
             try:
-                facts["checkpoint"] = describe(path, config=config)
+                facts["checkpoint"] = _describe(path, config)
             except BadInput as err:  # a file no artifact vouches for may be anything; a refused pickle still fails
                 if kind is not None:
                     raise
@@ -166,6 +168,9 @@ class Store:
         ``device``, ``causality``, ``causality_windows``, ``config``). The report is ``verdict.evaluation``.
         """
         path, artifact = self._subject(ref)
+        sniffed = sniff(path)
+        if sniffed.problem is None and sniffed.kind != "unknown":
+            _import_in_background("phasegpt_ckpt.models.checkpoint")  # torch loads while the file is hashed
         facts = hash_file(path)
         artifact = artifact or self._artifact_with(facts.sha256)
         receipt = self.cache.receipt(artifact.name) if artifact else None
@@ -174,7 +179,7 @@ class Store:
         if receipt is not None and not verdict.ok:
             self._discard_if_cached(verdict, receipt.sha256)
         if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
-            proof.contents(verdict, *_load_problem(path))
+            proof.contents(verdict, *_load_problem(path, sniffed))
         if verdict.ok and (evaluate or evaluation.get("causality")) and (artifact is None or artifact.kind == "checkpoint"):
             self._evaluate(verdict, **evaluation)
         return verdict
@@ -215,6 +220,23 @@ class Store:
         located = self.locate(ref)
         self._require_cached_bytes(located)
         return analyze_checkpoint(located.path, data=self.corpus(data), **options)
+
+    def compare(self, refs_a: str | Sequence[str], refs_b: str | Sequence[str], *, data: str | Path | None = None,
+                device: str = "cpu", config=None, **options: Any):
+        """Is B's PPL really different from A's? Each side one ``NAME|PATH`` or several (one per training seed),
+        each loaded through :meth:`load`, measured on the same validation windows of ``data`` (default: the
+        corpus). Returns a :class:`~phasegpt_ckpt.models.compare.Comparison`; see
+        :func:`~phasegpt_ckpt.models.compare.compare` for ``resamples``, ``seed``, ``batch_size``."""
+        from phasegpt_ckpt.models.compare import compare
+
+        refs_a, refs_b = ([refs] if isinstance(refs, str) else list(refs) for refs in (refs_a, refs_b))
+        corpus = self.corpus(data)
+        loaded: dict[str, "LoadedCheckpoint"] = {}  # a ref on both sides is loaded (and measured) once
+        for ref in refs_a + refs_b:
+            if ref not in loaded:
+                loaded[ref] = self.load(ref, data=corpus, device=device, config=config)
+        return compare([loaded[r] for r in refs_a], [loaded[r] for r in refs_b], corpus, device=device,
+                       progress=self.progress, labels_a=refs_a, labels_b=refs_b, **options)
 
     def export_config(self, ref: Optional[str] = None, out: str | Path | None = None, *, config=None) -> str:
         """The checkpoint's config as YAML (also written to ``out``), no weight read."""
@@ -314,9 +336,22 @@ class Store:
         verdict.evaluation = report
 
 
-def _load_problem(path: Path) -> tuple[Optional[str], Optional[str]]:
-    """(why the file was refused, why it is unreadable): what a weights-only read of ``path`` found."""
-    from phasegpt_ckpt.models.checkpoint import describe  # torch loads only when a checkpoint is verified
+def _describe(path: Path, config) -> dict:
+    """What ``info`` shows of a checkpoint; a file whose first bytes tell it is none is answered without torch."""
+    sniffed = sniff(path)
+    if sniffed.problem is not None:
+        raise BadInput(sniffed.problem)
+    from phasegpt_ckpt.models.checkpoint import describe
+
+    return describe(path, config=config)
+
+
+def _load_problem(path: Path, sniffed: Sniffed) -> tuple[Optional[str], Optional[str]]:
+    """(why the file was refused, why it is unreadable): what a weights-only read of ``path`` found.
+    A file whose first bytes already tell it is no checkpoint is judged without loading torch."""
+    if sniffed.problem is not None:
+        return None, sniffed.problem
+    from phasegpt_ckpt.models.checkpoint import describe
 
     try:
         describe(path)
@@ -325,6 +360,18 @@ def _load_problem(path: Path) -> tuple[Optional[str], Optional[str]]:
     except BadInput as unreadable:
         return None, str(unreadable)
     return None, None
+
+
+def _import_in_background(module: str) -> None:
+    """Import ``module`` on a daemon thread (hashing releases the GIL, so the two overlap); a failure is
+    left for the real import, in the caller's thread, to report."""
+    def run() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - the caller's own import raises it again, with its traceback
+            pass
+
+    threading.Thread(target=run, name=f"import {module}", daemon=True).start()
 
 
 def _named_manifest(given: str | Path | Manifest | None) -> Optional[Path]:

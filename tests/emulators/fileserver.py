@@ -122,7 +122,8 @@ class Faults:
     bytes_per_second: throttle the body.  then_content: once the faulted requests are spent,
     the file's content (and so its ETag and Last-Modified) becomes this.
     echo_authorization: error answers quote the request's Authorization back, as a broken
-    server may (status faults here; provider emulators' own error messages too).
+    server may: in the body of status faults, in provider emulators' own error messages, and
+    in the reason phrase and an ``X-Request-Authorization`` header of every answer from 400 up.
     """
 
     times: Optional[int] = None
@@ -296,7 +297,10 @@ class Request:
     def _start(self, status: int, headers: dict[str, str]) -> None:
         self.logged.status = status
         h = self._handler
-        h.send_response(status)
+        echo = bool(self.faults and self.faults.echo_authorization and status >= 400)
+        h.send_response(status, self.echoed(h.responses.get(status, ("Error",))[0]) if echo else None)
+        if echo:
+            headers = {**headers, "X-Request-Authorization": str(self.headers.get("Authorization"))}
         for name, value in [*headers.items(), *self.extra_headers.items()]:  # two Set-Cookie may go
             h.send_header(name, value)
         h.end_headers()

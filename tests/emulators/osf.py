@@ -13,12 +13,20 @@ All errors are JSON:API ``{"errors": [{"detail": ...}]}``::
     with OsfEmulator() as osf:
         osf.add_node("abcde")
         osf.put("abcde", "checkpoints/best_model.pt", data)
+
+A hostile (or broken) API hands out links that lead elsewhere: :meth:`OsfEmulator.rewrite_links`
+rewrites the ``next``, ``folder`` (a folder's listing), ``upload`` or ``download`` links of its
+answers, and :meth:`OsfEmulator.serve_through` makes another server answer every path as this
+emulator (or its WaterButler, or its web host) would, logging what it received::
+
+    osf.serve_through(foreign)                                   # foreign: a FileServer on another port
+    osf.rewrite_links(lambda url: foreign.origin + urlsplit(url).path, "next", "upload")
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 from urllib.parse import urlencode
 
 from .fileserver import Blob, FileServer, Request
@@ -60,6 +68,7 @@ class OsfEmulator(FileServer):
         self.nodes: dict[str, Node] = {}
         self.osf_files: dict[str, OsfFile] = {}  # by id and by guid (FileServer.files is taken)
         self.folders: dict[str, OsfFolder] = {}
+        self.rewrites: dict[str, Callable[[str], str]] = {}  # link kind -> what it becomes (rewrite_links)
         # osfclient joins its default base URL "…/v2/" with "/", so the real API must take "/v2//guids/…".
         self.route(r"/v2/+guids/(?P<guid>\w+)/", self.guid)
         self.route(r"/v2/+nodes/(?P<node>\w+)/", self.node)
@@ -93,6 +102,25 @@ class OsfEmulator(FileServer):
         folder.children.append(osf_file)
         self.osf_files[file_id] = self.osf_files[osf_file.guid] = osf_file
         return osf_file
+
+    def rewrite_links(self, rewrite: Callable[[str], str], *kinds: str) -> None:
+        """From now on the links of ``kinds`` ("next", "folder", "upload", "download") in answers are
+        ``rewrite(link)``: what a hostile or broken API hands out."""
+        assert set(kinds) <= {"next", "folder", "upload", "download"}, kinds
+        self.rewrites.update(dict.fromkeys(kinds, rewrite))
+
+    def serve_through(self, foreign: FileServer) -> None:
+        """``foreign`` (another origin) answers every path as this emulator, its WaterButler (``/v1/``)
+        or its web host (``/download/``) would; its own log records what reached it."""
+        def answer(request: Request) -> None:
+            owner = self.wb if request.path.startswith("/v1/") else (
+                self.web if request.path.startswith("/download/") else self)
+            owner._dispatch(request)
+
+        foreign.route(r"/.*", answer)
+
+    def _link(self, kind: str, url: Optional[str]) -> Optional[str]:
+        return self.rewrites[kind](url) if url and kind in self.rewrites else url
 
     def wb_path(self, osf_file: OsfFile) -> str:
         """WaterButler's path for a file (where byte faults are switched)."""
@@ -147,7 +175,7 @@ class OsfEmulator(FileServer):
         request.send_json({
             "data": [self._entry(e) for e in entries[(page - 1) * size: page * size]],
             "links": {"first": link(1), "last": link(last), "prev": link(page - 1) if page > 1 else None,
-                      "next": link(page + 1) if page < last else None},
+                      "next": self._link("next", link(page + 1) if page < last else None)},
             "meta": {"total": len(entries), "per_page": size}})
 
     def file(self, request: Request) -> None:
@@ -194,8 +222,8 @@ class OsfEmulator(FileServer):
                     "attributes": {**common, "path": f"/{item.id}/", "size": None, "extra": {"hashes": None}},
                     "links": {"info": info, "self": info, "new_folder": wb + "/?kind=folder", "upload": wb + "/",
                               "move": wb + "/", "delete": wb + "/"},
-                    "relationships": {
-                        "files": _related(self.url(f"/v2/nodes/{item.node}/files/osfstorage/{item.id}/"))}}
+                    "relationships": {"files": _related(
+                        self._link("folder", self.url(f"/v2/nodes/{item.node}/files/osfstorage/{item.id}/")))}}
         data = item.blob.data
         return {"id": item.id, "type": "files",
                 "attributes": {**common, "kind": "file", "path": f"/{item.id}", "guid": item.guid,
@@ -203,8 +231,10 @@ class OsfEmulator(FileServer):
                                "current_version": 1,
                                "extra": {"hashes": {"md5": hashlib.md5(data).hexdigest(),
                                                     "sha256": hashlib.sha256(data).hexdigest()}, "downloads": 0}},
-                "links": {"info": info, "self": info, "download": self.web.url(f"/download/{item.guid}/"),
-                          "html": self.web.url(f"/{item.guid}/"), "upload": wb, "move": wb, "delete": wb},
+                "links": {"info": info, "self": info,
+                          "download": self._link("download", self.web.url(f"/download/{item.guid}/")),
+                          "html": self.web.url(f"/{item.guid}/"), "upload": self._link("upload", wb), "move": wb,
+                          "delete": wb},
                 "relationships": {"versions": _related(self.url(f"/v2/files/{item.id}/versions/"))}}
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -240,4 +270,5 @@ def _related(href: str) -> dict:
 
 
 def _error(request: Request, status: int, detail: str) -> None:
-    request.send_json({"errors": [{"detail": detail}]}, status, headers={"Content-Type": "application/vnd.api+json"})
+    request.send_json({"errors": [{"detail": request.echoed(detail)}]}, status,
+                      headers={"Content-Type": "application/vnd.api+json"})

@@ -127,7 +127,7 @@ class ZenodoEmulator(FileServer):
         bearer = (request.headers.get("Authorization") or "").removeprefix("Bearer ")
         token = bearer or request.query.get("access_token")
         if record.token is not None and token != record.token:
-            return request.send_json({"status": 403, "message": "Permission denied."}, 403)
+            return request.send_json({"status": 403, "message": request.echoed("Permission denied.")}, 403)
         return record
 
     def _has(self, request: Request, record: Record, key: str) -> bool:
@@ -160,4 +160,4 @@ class ZenodoEmulator(FileServer):
 
 
 def _not_found(request: Request, message: str) -> None:
-    request.send_json({"status": 404, "message": message}, 404)
+    request.send_json({"status": 404, "message": request.echoed(message)}, 404)

@@ -112,7 +112,8 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
     if response.status_code >= 400:
         hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
         raise MirrorFailed(
-            str(response.status_code), f"{what}: {_error_detail(response)} (HTTP {response.status_code}){hint}"
+            str(response.status_code),
+            web.scrub(f"{what}: {_error_detail(response)} (HTTP {response.status_code}){hint}"),
         )
     try:
         return response.json()
@@ -121,7 +122,8 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
 
 
 def _error_detail(response: requests.Response) -> str:
-    """The server's own words from the error shapes providers use, else the reason phrase."""
+    """The server's own words from the error shapes providers use, else the reason phrase; one line,
+    with any token the server echoes back masked (before it is cut short, so no piece of one is left)."""
     try:
         body = response.json()
     except ValueError:
@@ -131,5 +133,6 @@ def _error_detail(response: requests.Response) -> str:
         first = errors[0] if isinstance(errors, list) and errors and isinstance(errors[0], dict) else {}
         detail = first.get("detail") or body.get("message") or body.get("error")  # then Zenodo, then {"error"}
         if isinstance(detail, str) and detail.strip():
-            return detail.strip().splitlines()[0][:200]
-    return response.reason or "error"
+            return web.scrub(detail.strip().splitlines()[0])[:200]
+    reason = web.scrub(str(response.reason or "")).strip()
+    return reason.splitlines()[0][:200] if reason else "error"

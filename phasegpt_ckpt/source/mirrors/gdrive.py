@@ -18,7 +18,7 @@ from typing import Literal
 import requests
 from pydantic import model_validator
 
-from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get
 
@@ -77,6 +77,11 @@ def resolve(mirror: GdriveMirror, session: requests.Session) -> Source:
                 raise MirrorFailed("quota", "quota exceeded on Google Drive; trying the next mirror") from None
             raise MirrorFailed("not shared", f"Google Drive will not hand out file {mirror.id}: "
                                              "is it shared as 'Anyone with the link'?") from None
+        try:  # the page names the next address: the one URL rule before it is asked
+            web.check_url_allowed(url)
+        except BadInput as err:
+            raise MirrorFailed("bad answer", f"Google Drive's page for file {mirror.id} links to a refused "
+                                             f"address: {err}") from None
     raise MirrorFailed("bad answer", f"Google Drive kept answering pages instead of file {mirror.id}")
 
 

@@ -19,7 +19,7 @@ from urllib.parse import urljoin
 import requests
 from pydantic import field_validator
 
-from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.digest import SHA256_HEX
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import API_TIMEOUT, Endpoint, MirrorBase, Source
@@ -77,7 +77,13 @@ def resolve(mirror: HfMirror, session: requests.Session) -> Source:
         raise _mirror_failed(mirror, err, token) from None
     if not meta.commit_hash:
         raise MirrorFailed("bad answer", f"{endpoint} does not look like a Hugging Face Hub (no X-Repo-Commit)")
-    location = urljoin(url, meta.location)
+    try:  # the Hub names the location: the one URL rule, and the token on the endpoint's origin only
+        location = urljoin(url, meta.location)
+        web.check_url_allowed(location)
+    except ValueError:  # urljoin: an unclosed '['
+        raise MirrorFailed("bad answer", f"{endpoint} points {mirror.filename} to an unreadable address") from None
+    except BadInput as err:
+        raise MirrorFailed("bad answer", f"{endpoint} points {mirror.filename} to a refused address: {err}") from None
     etag = (meta.etag or "").lower()
     return Source(
         label=mirror.describe(),

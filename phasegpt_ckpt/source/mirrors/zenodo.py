@@ -18,7 +18,7 @@ from urllib.parse import quote
 import requests
 from pydantic import Field, model_validator
 
-from phasegpt_ckpt.errors import MirrorFailed
+from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json
 
@@ -71,12 +71,20 @@ def resolve(mirror: ZenodoMirror, session: requests.Session) -> Source:
         if err.outcome != "404":
             raise
         record = get_json(session, f"{api}/versions/latest", **ask)  # a concept id: its newest version
-    _check_doi(mirror, record)
-    version = str(record.get("id", mirror.record_id()))
-    entry = _file_entry(record, mirror.filename)
-    content = f"{mirror.base_url()}/api/records/{version}/files/{quote(mirror.filename, safe='')}/content"
-    url = (entry.get("links") or {}).get("self") or content
-    algorithm, _, digest = (entry.get("checksum") or "").rpartition(":")
+    try:
+        _check_doi(mirror, record)
+        version = str(record.get("id", mirror.record_id()))
+        entry = _file_entry(record, mirror.filename)
+        content = f"{mirror.base_url()}/api/records/{version}/files/{quote(mirror.filename, safe='')}/content"
+        url = (entry.get("links") or {}).get("self") or content
+        algorithm, _, digest = (entry.get("checksum") or "").rpartition(":")
+    except (AttributeError, TypeError) as err:  # JSON without the shape the records API promises
+        raise MirrorFailed("bad answer", f"{ask['what']}: the record is not in the shape Zenodo's API gives "
+                                         f"({type(err).__name__})") from None
+    try:  # the file link comes from the server's answer: the one URL rule, and the token on its origin only
+        web.check_url_allowed(url)
+    except BadInput as err:
+        raise MirrorFailed("bad answer", f"{ask['what']}: its file link is refused: {err}") from None
     return Source(
         label=mirror.describe(),
         url=url,
