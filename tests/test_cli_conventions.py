@@ -74,3 +74,30 @@ def test_verify_json_keeps_numbers_as_numbers(run_cli):
     assert code == 0 and isinstance(claim["expected"], float) and isinstance(claim["tolerance"], float)
     assert isinstance(claim["actual"], float) and abs(claim["actual"] - claim["expected"]) <= claim["tolerance"]
     assert isinstance(size["expected"], int) and size["expected"] == size["actual"] == verdict["size"]
+
+
+def _garbage(tmp_path) -> dict:
+    """Files that claim to be checkpoints and are not, each with what verify must say about it."""
+    from phasegpt_ckpt import Store
+    from phasegpt_ckpt.models.checkpoint import convert
+
+    bundled = Store(offline=True).load("phasegpt-tiny")
+    whole = convert(bundled, tmp_path / "whole.safetensors").read_bytes()
+    pickle = bundled.path.read_bytes()
+    files = {"text.pt": (b"hello, I am not a checkpoint\n", "not a checkpoint"),
+             "cut.pt": (pickle[: len(pickle) // 2], "truncated"),
+             "cut-header.safetensors": (whole[:20], "truncated"),
+             "cut-body.safetensors": (whole[: len(whole) // 2], "truncated")}
+    for name, (data, _) in files.items():
+        (tmp_path / name).write_bytes(data)
+    return {tmp_path / name: said for name, (_, said) in files.items()}
+
+
+def test_verify_never_says_yes_to_garbage_and_info_says_what_it_is(run_cli, tmp_path):
+    for path, said in _garbage(tmp_path).items():
+        code, out, err = run_cli("verify", path)
+        assert code == 1 and "FAILED" in out and said in err and len(err.strip().splitlines()) == 1, (path, err)
+        code, out, err = run_cli("info", path, "--json")
+        assert code == 0 and said in json.loads(out)["checkpoint"]["unreadable"], path
+    code, out, err = run_cli("verify", tmp_path / "whole.safetensors")
+    assert code == 0 and "no mismatch" in out  # a sound file no artifact vouches for: readable, not pinned

@@ -46,8 +46,9 @@ def test_shipped_manifest_carries_the_seed_and_corpus_facts():
     corpus = manifest.artifact("tinyshakespeare")
     assert f"| size | {corpus.size:,} bytes |" in corpus_facts
     assert f"| sha256 | `{corpus.sha256}` |" in corpus_facts
-    bundled, github = corpus.mirrors  # the copy inside the package first: no network needed
+    bundled, seeds, github = corpus.mirrors  # the copy inside the package, the seed's place: no network needed
     assert (bundled.type, bundled.compression, bundled.path.is_file()) == ("local", "gzip", True)
+    assert (seeds.type, seeds.base, seeds.path.as_posix()) == ("local", "cwd", "data/shakespeare/input.txt")
     assert github.url.endswith("karpathy/char-rnn/master/data/tinyshakespeare/input.txt")
 
     best = manifest.artifact()  # the default

@@ -87,3 +87,16 @@ def test_the_store_works_offline_with_what_ships_inside_the_package(tmp_path):
     assert verdict.ok and verdict.pinned and rows["phasegpt-tiny"]["cached"].startswith("pinned")
     assert store.info("phasegpt-tiny")["checkpoint"]["phase_layers"] == store.load("phasegpt-tiny").config.phase_layers
     assert phasegpt_ckpt.__all__[0] == "Store" and "Store(" in repr(store)
+
+
+def test_the_seeds_corpus_location_is_a_mirror_before_any_network(tmp_path, corpus_path, monkeypatch):
+    (tmp_path / "data" / "shakespeare").mkdir(parents=True)
+    (tmp_path / "data" / "shakespeare" / "input.txt").write_bytes(corpus_path.read_bytes())
+    monkeypatch.chdir(tmp_path)
+    store = Store(cache_dir=tmp_path / "cache", offline=True)
+    fetched = store.fetch("tinyshakespeare", mirror_type="local")  # the bundled copy first, then the seed's
+    assert fetched.sha256 == CORPUS_SHA256
+    seeds = store.manifest.artifact("tinyshakespeare").mirrors[1]
+    from phasegpt_ckpt.source.mirrors import resolve
+
+    assert resolve(seeds, None).local_path.resolve() == (tmp_path / "data" / "shakespeare" / "input.txt").resolve()

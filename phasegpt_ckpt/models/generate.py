@@ -134,8 +134,8 @@ def stream(
 
 
 # Below this many parameters a decoding step is too small to split: more CPU threads only wait for each
-# other, and on a busy 2-core machine two threads fighting for the cores made one 128-token forward of the
-# bundled 0.8M-parameter model 12x slower (153 ms vs 13 ms). benchmarks/generate.py measures both.
+# other. With one core busy elsewhere, a 128-token forward of the bundled 0.8M-parameter model took 8.2 ms
+# on 2 threads and 5.4 ms on 1 (benchmarks/generate.py, threads_under_load; an earlier report saw 12x).
 ONE_THREAD_BELOW = 20_000_000
 
 

@@ -18,10 +18,13 @@ from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 
 
 class LocalMirror(MirrorBase):
-    """``path``: absolute, ``~``-relative, or relative to the manifest's directory; ``compression: gzip``
-    for a file kept compressed (the corpus bundled with the package), checked as it decompresses."""
+    """``path``: absolute, ``~``-relative, or relative to the manifest's directory (``base: cwd``: to the
+    working directory, for where a project keeps a file, such as the seed's ``data/shakespeare/input.txt``);
+    ``compression: gzip`` for a file kept compressed (the corpus bundled with the package), checked as
+    it decompresses."""
 
     type: Literal["local"] = "local"
+    base: Literal["manifest", "cwd"] = "manifest"
     path: Path
     compression: Optional[Literal["gzip"]] = None
 
@@ -30,7 +33,9 @@ class LocalMirror(MirrorBase):
     def _from_manifest_dir(cls, path: Path, info: ValidationInfo) -> Path:
         base_dir = (info.context or {}).get("base_dir")
         path = path.expanduser()
-        return base_dir / path if base_dir and not path.is_absolute() else path
+        if info.data.get("base") == "cwd" or not base_dir or path.is_absolute():
+            return path  # a relative path then opens from the working directory of the moment
+        return base_dir / path
 
     def describe(self) -> str:
         return f"local {self.path}"
