@@ -23,18 +23,24 @@ True
 """
 from __future__ import annotations
 
+import json
 import math
+import os
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from huggingface_hub import PyTorchModelHubMixin
 
 COUPLING_MODES = ("original", "causal")
 # Keys of the published YAML model sections that the published training code never read (§3): they are
 # accepted so that GPT2Model(**checkpoint["config"]["model"]) works, recorded, and change nothing.
 IGNORED_KEYS = ("type", "natural_freq", "dt", "n_sync_steps")
 DT = 0.1  # Euler step of the published phase layer, whatever the YAML's `dt` says
+CONFIG_NAME = "config.json"  # what save_pretrained writes: GPT2Config.to_dict() ...
+WEIGHTS_NAME = "model.safetensors"  # ... and the state dict, the tied head stored once; never a pickle
 
 
 @dataclass
@@ -128,6 +134,24 @@ class GPT2Config:
         d = asdict(self)
         del d["ignored"]  # they change nothing; saving them would suggest they did
         return d
+
+
+def _read_config(path: str | os.PathLike) -> GPT2Config:
+    """The GPT2Config a ``config.json`` from ``save_pretrained`` holds; ValueError naming the file otherwise."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not a JSON model config: {err}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} must hold a JSON object of model settings, not {type(d).__name__}")
+    missing = [f.name for f in fields(GPT2Config) if f.init and f.name not in d]
+    if missing:  # defaults would build a model of another shape than the weights saved with it
+        raise ValueError(f"{path} lacks model config key(s): {', '.join(missing)}")
+    try:
+        return GPT2Config.from_dict(d)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path}: {err}") from None
 
 
 def _is_int(value) -> bool:
@@ -488,11 +512,15 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x)), state
 
 
-class GPT2Model(nn.Module):
+class GPT2Model(nn.Module, PyTorchModelHubMixin, tags=["phasegpt", "kuramoto"]):
     """GPT-2 (pre-LN, learned positions, tied head) with phase attention in ``config.phase_layers``.
 
     Build it from a config or from keywords, e.g. a published checkpoint's YAML model section:
     ``GPT2Model(**checkpoint["config"]["model"])`` or ``GPT2Model(config=GPT2Config(...))``.
+
+    ``save_pretrained(folder)``, ``push_to_hub(repo_id)`` and ``GPT2Model.from_pretrained(folder_or_repo)``
+    come from huggingface_hub's ``PyTorchModelHubMixin``: a folder or repo holds ``config.json`` (every
+    setting, coupling_mode included) and ``model.safetensors``; loading reads no pickle.
     """
 
     def __init__(self, config: GPT2Config | None = None, **kwargs):
@@ -510,6 +538,53 @@ class GPT2Model(nn.Module):
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
         self.lm_head.weight = self.token_embedding.weight  # tied; both keys stay in the state dict
         self.apply(self._init_weights)
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: ``model.safetensors`` and ``config.json`` (``GPT2Config.to_dict()``)."""
+        from safetensors.torch import save_model  # drops the tied lm_head.weight; load_model re-ties it
+
+        save_directory = Path(save_directory)
+        save_model(self, str(save_directory / WEIGHTS_NAME))
+        config = json.dumps(self.config.to_dict(), indent=2, sort_keys=True) + "\n"
+        (save_directory / CONFIG_NAME).write_text(config, encoding="utf-8")
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike, *, force_download: bool = False,
+                        token: str | bool | None = None, cache_dir: str | os.PathLike | None = None,
+                        local_files_only: bool = False, revision: str | None = None,
+                        map_location: str = "cpu", strict: bool = True) -> GPT2Model:
+        """A model from a folder that ``save_pretrained`` wrote, or from a Hub repo ``push_to_hub`` filled.
+
+        Reads ``config.json`` (every key ``to_dict`` writes must be there) and ``model.safetensors``,
+        weights-only; a ``pytorch_model.bin`` is never unpickled. Returns the model in eval mode. A
+        config that is not JSON, lacks a key or holds a bad value, or weights that do not fit it, raise
+        ValueError; a folder without one of the two files FileNotFoundError; Hub errors are huggingface_hub's.
+        """
+        source = os.fspath(pretrained_model_name_or_path)
+        if os.path.isdir(source):
+            def locate(filename: str) -> str:
+                path = os.path.join(source, filename)
+                if not os.path.isfile(path):
+                    raise FileNotFoundError(f"{source} holds no {filename}: a save_pretrained folder has "
+                                            f"{CONFIG_NAME} and {WEIGHTS_NAME}")
+                return path
+        else:
+            from huggingface_hub import hf_hub_download
+
+            def locate(filename: str) -> str:
+                return hf_hub_download(source, filename, revision=revision, cache_dir=cache_dir,
+                                       force_download=force_download, token=token,
+                                       local_files_only=local_files_only)
+        model = cls(config=_read_config(locate(CONFIG_NAME)))  # a bad config fails before any weights move
+        weights = locate(WEIGHTS_NAME)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_model
+
+        try:
+            load_model(model, weights, strict=strict, device=map_location)
+        except (RuntimeError, SafetensorError) as err:
+            raise ValueError(f"{weights} does not hold weights for the model in its {CONFIG_NAME}: {err}") from None
+        return model.eval()
 
     @staticmethod
     def _init_weights(module: nn.Module):

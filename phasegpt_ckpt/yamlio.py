@@ -43,7 +43,7 @@ def read_yaml(path: str | Path, what: str) -> Any:
     except OSError as err:
         raise BadInput(f"cannot read {what} {path}: {err.strerror or type(err).__name__}") from None
     try:
-        return _load(text, what, path)
+        return load_text(text, what, path)
     except yaml.reader.ReaderError as err:  # a character YAML refuses; it knows the offset, not the line
         line = text.count("\n", 0, err.position) + 1
         raise BadInput(f"{what} {path} is not valid YAML at line {line}: {err.reason} "
@@ -59,8 +59,9 @@ def read_yaml(path: str | Path, what: str) -> Any:
         raise BadInput(f"{what} {path} holds a value that cannot be read{where}: {str(err).split(':')[0]}") from None
 
 
-def _load(text: str, what: str, path: Path) -> Any:
-    """Compose the document, check its aliases, then build it; YAML's and Python's own exceptions pass."""
+def load_text(text: str, what: str, path: Path) -> Any:
+    """YAML text (read from ``path``, which names it in messages) composed, its aliases checked, then built;
+    YAML's and Python's own exceptions pass (:func:`read_yaml` turns them into one line)."""
     loader = _Loader(text)  # the reader checks the characters here: a ReaderError
     try:
         node = loader.get_single_node()

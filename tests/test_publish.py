@@ -176,8 +176,8 @@ def test_upload_to_the_hub_pins_the_commit_and_a_fresh_fetch_verifies(tmp_path, 
     published = json.loads(out)
     repo = hub.repos["lab/phasegpt-tiny"]
     assert published["revision"] == repo.commit and repo.lfs == {"best.pt"} and set(repo.files) == {
-        "best.pt", "best_info.json"}
-    assert [op["key"] for op in hub.commits[-1]["operations"]] == ["lfsFile", "file"]  # LFS, then inline base64
+        "best.pt", "best_info.json", "README.md"}  # the model card travels in the same commit
+    assert sorted(op["key"] for op in hub.commits[-1]["operations"]) == ["file", "file", "lfsFile"]
     entries = load_manifest(manifest).artifacts
     assert [m.describe() for m in entries["tiny"].mirrors] == [f"hf lab/phasegpt-tiny@{repo.commit}"]
     assert [m.describe() for m in entries["tiny_info"].mirrors] == [f"hf lab/phasegpt-tiny@{repo.commit}"]

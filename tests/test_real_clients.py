@@ -10,19 +10,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import gdown
 import pytest
-import requests
 from conftest import CORPUS_SHA256
 from emulators.fileserver import Faults
 from emulators.gdrive import gdown_routed_to
 from gdown.exceptions import DownloadError, FileURLRetrievalError
+from olah_server import olah_serving
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import Manifest
@@ -208,31 +206,8 @@ def lfs_repository(root: Path, repo_id: str, filename: str, data: bytes, sha256:
 def olah(tmp_path, corpus):
     """olah in offline mode (OLAH.md), serving org/ckpt with input.txt committed through LFS."""
     lfs_repository(tmp_path / "mirrors", "org/ckpt", "input.txt", corpus, CORPUS_SHA256)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    config = tmp_path / "olah.toml"
-    config.write_text(f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "repos"}"\n'
-                      f'mirrors-path = ["{tmp_path / "mirrors"}"]\n\n[accessibility]\noffline = true\n')
-    cli = Path(sys.executable).with_name("olah-cli")
-    server = subprocess.Popen([str(cli), "-c", str(config), "--log-path", str(tmp_path / "logs")], cwd=tmp_path,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    origin = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                requests.head(f"{origin}/org/ckpt/resolve/main/input.txt", timeout=5)
-                break
-            except requests.ConnectionError:
-                assert server.poll() is None, "olah exited at start-up"
-                if time.monotonic() > deadline:
-                    pytest.fail(f"olah did not answer on {origin} within 60 s")
-                time.sleep(0.2)
+    with olah_serving(tmp_path / "mirrors", tmp_path, "/org/ckpt/resolve/main/input.txt") as origin:
         yield origin
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def test_our_hf_client_fetches_a_whole_file_from_olah(olah, corpus, tmp_path):

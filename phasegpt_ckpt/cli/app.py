@@ -314,12 +314,26 @@ def analyze(
     data: Optional[Path] = DATA_OPTION,
     model_config: Optional[Path] = MODEL_CONFIG_OPTION,
     json_output: bool = JSON_OUTPUT,
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a PNG here: R per head of each phase layer "
+                                        "(std over windows as error bars) and R across the Euler iterations "
+                                        "(needs matplotlib: pip install 'phasegpt-ckpt[plot]')."),
 ) -> None:
     """Synchronisation of each phase layer: order parameter R per layer and head (mean, std) and coupling K."""
     from rich.table import Table
 
+    if plot is not None:
+        from phasegpt_ckpt.training.progress import require_matplotlib
+
+        require_matplotlib()  # before the work, not after it
     stats = _store().analyze(ref, num_tokens=num_tokens, device=device, windows=windows, data=data,
                              config=model_config)
+    if plot is not None and stats["R_mean"] is None:
+        console.note(f"no phase layer: {plot} not written")
+    elif plot is not None:
+        from phasegpt_ckpt.models.plots import plot_analysis
+
+        plot_analysis(stats, plot)
+        console.note(f"wrote {plot}")
     if json_output:
         return console.print_json(stats)
     if stats["R_mean"] is None:

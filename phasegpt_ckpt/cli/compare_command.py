@@ -34,6 +34,9 @@ def compare(
     model_config: Optional[Path] = typer.Option(None, "--config", help="Model config YAML, for a bare state dict "
                                                 "whose shapes do not tell it (applied to every checkpoint)."),
     json_output: bool = typer.Option(False, "--json", help="Print one JSON document on stdout."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Also draw a PNG here: the histogram of per-window NLL "
+                                        "differences (B - A) with their mean and the 95 % interval (needs "
+                                        "matplotlib: pip install 'phasegpt-ckpt[plot]')."),
 ) -> None:
     """Is B's validation PPL really different from A's? Both measured on the same windows; a paired bootstrap
     over the windows gives a 95 % interval for the relative change ppl_B / ppl_A - 1.
@@ -43,10 +46,19 @@ def compare(
     seed-to-seed noise; give each side several seeds, comma-separated, for that."""
     from phasegpt_ckpt.cli.app import _store
 
+    if plot is not None:
+        from phasegpt_ckpt.training.progress import require_matplotlib
+
+        require_matplotlib()  # before the work, not after it
     store = _store()
     refs_a, refs_b = _side(a, store), _side(b, store)
     result = store.compare(refs_a, refs_b, data=data, device=device, config=model_config, resamples=resamples,
                            seed=seed, batch_size=batch_size)
+    if plot is not None:
+        from phasegpt_ckpt.models.plots import plot_comparison
+
+        plot_comparison(result, plot)
+        console.note(f"wrote {plot}")
     if json_output:
         return console.print_json(result.to_dict())
     _print_comparison(result)

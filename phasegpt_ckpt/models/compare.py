@@ -82,6 +82,8 @@ class Comparison:
     block_sizes_a: list[int] = field(default_factory=list)  # each checkpoint's own window length
     block_sizes_b: list[int] = field(default_factory=list)
     corpus: str = ""
+    # per window, B's mean NLL minus A's (nats per token; several seeds: of each side's mean over its seeds)
+    nll_differences: list[float] = field(default_factory=list, repr=False)
 
     @property
     def shortened(self) -> list[str]:
@@ -207,6 +209,7 @@ def compare(
         ppl_b_per_seed=[math.exp(float(row.mean())) for row in nll_b],
         coupling_modes_a=[c.coupling_mode for c in a], coupling_modes_b=[c.coupling_mode for c in b],
         block_sizes_a=sizes[:len(a)], block_sizes_b=sizes[len(a):], corpus=str(corpus),
+        nll_differences=(nll_b.mean(0) - nll_a.mean(0)).tolist(),
     )
     if result.shortened:
         log.warning(f"{', '.join(result.shortened)} measured on windows of {length} characters, shorter than its "

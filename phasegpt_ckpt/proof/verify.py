@@ -207,3 +207,33 @@ def contents(verdict: Verdict, refused: Optional[str], unreadable: Optional[str]
         verdict.checks.append(Check(check, "a readable checkpoint", unreadable, FAIL))
     else:
         verdict.checks.append(Check(check, "plain tensors and containers", "plain tensors and containers", OK))
+
+
+EPOCHS = "epochs (metadata training_epochs vs checkpoint epoch)"
+
+
+def epochs(verdict: Verdict, training_epochs: Any, epoch: Any) -> None:
+    """A row comparing the metadata JSON's ``training_epochs`` with the epoch the checkpoint was saved at,
+    when both are whole numbers. The seed's best model is epoch 18 of a 20-epoch run: its metadata's
+    training_epochs is the run's planned total, the checkpoint's epoch when the best was saved, so the
+    epoch may be lower, never higher.
+
+    >>> verdict = Verdict("demo", FileFacts(Path("x.pt"), 3, "ab" * 32), None)
+    >>> epochs(verdict, 20, 18); epochs(verdict, 20, 21); [row.status for row in verdict.checks]
+    ['ok', 'fail']
+    >>> verdict.checks[0].actual
+    'epoch 18: saved before the end of the 20 epochs the metadata plans (training_epochs is the planned total)'
+    """
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in (training_epochs, epoch)):
+        return
+    expected = f"at most {training_epochs}"
+    if epoch > training_epochs:
+        actual = f"epoch {epoch}, past the {training_epochs} epochs the metadata's training_epochs says the run had"
+        verdict.checks.append(Check(EPOCHS, expected, actual, FAIL))
+        return
+    if epoch < training_epochs:
+        actual = (f"epoch {epoch}: saved before the end of the {training_epochs} epochs the metadata plans "
+                  "(training_epochs is the planned total)")
+    else:
+        actual = f"epoch {epoch}: training_epochs is the epoch this checkpoint was saved at (or the run ended then)"
+    verdict.checks.append(Check(EPOCHS, expected, actual, OK))

@@ -38,7 +38,7 @@ from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest, user_manifest_path
 from phasegpt_ckpt.source.mirrors import resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
-from phasegpt_ckpt.source.mirrors.hf import REPO_ID, HfMirror
+from phasegpt_ckpt.source.mirrors.hf import CARD_FILENAME, REPO_ID, HfMirror
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
 from phasegpt_ckpt.source.mirrors.osf import OsfMirror
 from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
@@ -96,7 +96,8 @@ def publish(
     metadata JSON is written beside the checkpoint as ``<stem>_info.json`` and listed as artifact
     ``<name>_info`` (or the one the entry already names). A file inside the manifest's directory gets
     a ``local`` mirror relative to it (a bundled checkpoint). ``hub_repo`` ("ORG/REPO") uploads both
-    files in one commit and pins the Hub mirrors to it; ``records`` ("zenodo:ID", "zenodo:DOI",
+    files, and the repository's model card (README.md, :func:`model_card`), in one commit and pins the
+    Hub mirrors to it; ``records`` ("zenodo:ID", "zenodo:DOI",
     "osf:GUID", or mirror entries) are listed after their published size and hash agree with the file.
     ``to_dir`` copies both files into that folder and lists them there as ``local`` mirrors.
     ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value, measured
@@ -130,12 +131,13 @@ def publish(
         path, info_file = _copy_to(Path(to_dir), {filename: path, metadata_filename: info_file})
     ckpt_mirrors, info_mirrors = _local_mirrors(manifest_path, path, info_file, anywhere=to_dir is not None)
     revision = None
+    claims = _claims(measured, tolerance) if measured else {}
     if hub is not None:
-        revision = upload_to_hub(hub, {filename: path, metadata_filename: info_file})
+        card = model_card(name, filename, info, sha256=ours.sha256, measured=measured, claims=claims)
+        revision = upload_to_hub(hub, {filename: path, metadata_filename: info_file, CARD_FILENAME: card.encode()})
         ckpt_mirrors.append(_uploaded(hub, filename, revision, ours))
         info_mirrors.append(_uploaded(hub, metadata_filename, revision, info_facts))
     ckpt_mirrors += recorded
-    claims = _claims(measured, tolerance) if measured else {}
     entries = {
         name: {"kind": "checkpoint", "filename": filename, "size": ours.size, "sha256": ours.sha256,
                **({"md5": md5} if md5 else {}), "metadata": metadata_name, "claims": claims, "mirrors": ckpt_mirrors},
@@ -183,11 +185,57 @@ def _rounded(value: Optional[float], digits: int = DIGITS) -> Optional[float]:
     return None if value is None else round(float(value), digits)
 
 
+# -- the Hub repository's model card ----------------------------------------------------------------
+
+CARD_TAGS = ["phasegpt", "kuramoto", "phase-attention", "oscillators", "gpt2", "char-level", "pytorch"]
+CARD_DATASET = "tinyshakespeare"
+
+
+def model_card(name: str, filename: str, info: dict[str, Any], *, sha256: str, measured=None,
+               claims: Optional[dict[str, dict[str, float]]] = None) -> str:
+    """The repository's README.md: huggingface_hub's ``ModelCard`` with license, dataset and tags, and,
+    when the claims were measured (``--eval``), a ``model-index`` the Hub displays: validation PPL, R
+    per phase layer and mean R. Each judged metric carries its tolerance and the checkpoint's sha256 in
+    ``args``, which ``verify --eval`` reads back (:func:`~phasegpt_ckpt.source.mirrors.hf.model_card_claims`)
+    when a manifest entry states no claims."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    results = []
+    if measured is not None and claims:
+        def result(metric: str, label: str, value: float, args: Optional[dict] = None) -> EvalResult:
+            return EvalResult(task_type="text-generation", task_name="Character-level language modeling",
+                              dataset_type=CARD_DATASET, dataset_name="Tiny Shakespeare (char-level)",
+                              dataset_split="validation", metric_type=metric, metric_name=label,
+                              metric_value=value, metric_args=args)
+
+        for claim, label in (("validation_ppl", "Validation perplexity"), ("order_parameter_R", "Mean order parameter R")):
+            if claim in claims:
+                results.append(result(claim, label, claims[claim]["value"],
+                                      {"tolerance": claims[claim]["tolerance"], "sha256": sha256, "file": filename}))
+        for layer in measured.R:  # shown on the Hub; verify judges the mean
+            results.append(result(f"order_parameter_R_layer_{layer.layer}", f"Order parameter R (layer {layer.layer})",
+                                  _rounded(layer.mean)))
+    data = ModelCardData(license=str(info.get("license") or "mit").lower(), datasets=[CARD_DATASET],
+                         tags=list(CARD_TAGS), library_name="pytorch", model_name=name,
+                         eval_results=results or None)
+    facts = [("file", f"`{filename}`"), ("sha256", f"`{sha256}`"), ("architecture", info.get("config")),
+             ("training_epochs", info.get("training_epochs")),
+             ("dataset", info.get("dataset"))]
+    rows = "\n".join(f"| {label} | {value} |" for label, value in facts if value)
+    numbers = ("Validation numbers measured in float32 by `phasegpt-ckpt publish --eval`; `phasegpt-ckpt verify "
+               f"{name} --eval` measures them again." if results else
+               "No validation numbers were measured at publication (`phasegpt-ckpt publish --eval` adds them).")
+    body = (f"# {name}\n\nA PhaseGPT checkpoint: a character-level GPT-2 whose attention couples Kuramoto phase "
+            f"oscillators.\n\n| | |\n|---|---|\n{rows}\n\n{numbers}\n\n"
+            f"Fetch and verify it with `phasegpt-ckpt fetch {name}`.\n")
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}"))
+
+
 # -- where the bytes are ----------------------------------------------------------------------------
 
 
-def upload_to_hub(mirror: HfMirror, files: dict[str, Path]) -> str:
-    """Upload ``files`` (name in the repo → local file) to ``mirror.repo`` in one commit; its sha.
+def upload_to_hub(mirror: HfMirror, files: dict[str, Union[Path, bytes]]) -> str:
+    """Upload ``files`` (name in the repo → local file, or its bytes) to ``mirror.repo`` in one commit; its sha.
 
     The repository is created when it does not exist and the token may create it. The token is
     ``HF_TOKEN`` or the saved login (never printed); the endpoint is ``mirror.base_url()``.
@@ -206,7 +254,8 @@ def upload_to_hub(mirror: HfMirror, files: dict[str, Path]) -> str:
         except RepositoryNotFoundError:  # create_repo(exist_ok) alone misreads a non-HF endpoint on 403
             log.info(f"creating {mirror.repo} on {mirror.base_url()}")
             api.create_repo(mirror.repo, exist_ok=True)
-        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path)) for name, path in files.items()]
+        operations = [CommitOperationAdd(path_in_repo=name, path_or_fileobj=source if isinstance(source, bytes)
+                                         else str(source)) for name, source in files.items()]
         commit = api.create_commit(mirror.repo, operations, commit_message=f"Publish {', '.join(files)}")
     except Exception as err:  # huggingface_hub raises HTTP, transport and ValueError subclasses
         raise _upload_failed(mirror, err) from None

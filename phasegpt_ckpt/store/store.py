@@ -174,12 +174,17 @@ class Store:
         facts = hash_file(path)
         artifact = artifact or self._artifact_with(facts.sha256)
         receipt = self.cache.receipt(artifact.name) if artifact else None
-        verdict = proof.judge(ref, facts, artifact, receipt_sha256=receipt and receipt.sha256,
-                              metadata=self._metadata_or_reason(artifact))
+        metadata = self._metadata_or_reason(artifact)
+        verdict = proof.judge(ref, facts, artifact, receipt_sha256=receipt and receipt.sha256, metadata=metadata)
         if receipt is not None and not verdict.ok:
             self._discard_if_cached(verdict, receipt.sha256)
         if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
             proof.contents(verdict, *_load_problem(path, sniffed))
+        if verdict.ok and artifact is not None and artifact.kind == "checkpoint" \
+                and isinstance(metadata, CheckpointInfo) and metadata.training_epochs is not None:
+            from phasegpt_ckpt.models.checkpoint import describe  # the bytes passed: read weights-only, mmap
+
+            proof.epochs(verdict, metadata.training_epochs, describe(path).get("epoch"))
         if verdict.ok and (evaluate or evaluation.get("causality")) and (artifact is None or artifact.kind == "checkpoint"):
             self._evaluate(verdict, **evaluation)
         return verdict
@@ -330,7 +335,14 @@ class Store:
             metadata = metadata if isinstance(metadata, CheckpointInfo) else None  # its row says why
         else:
             metadata = metadata_beside(verdict.facts)
-        report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata),
+        card = []  # a manifest entry stating no claims: those of its Hub repository's model card, if any
+        hub = next((m for m in verdict.artifact.mirrors if m.type == "hf" and m.published), None) \
+            if verdict.artifact is not None and not verdict.artifact.claims else None
+        if hub is not None:
+            from phasegpt_ckpt.source.mirrors.hf import model_card_claims
+
+            card = model_card_claims(hub, sha256=verdict.sha256, offline=self.offline)
+        report = evaluate_checkpoint(verdict.path, claims=gather_claims(verdict.artifact, metadata, card),
                                      data=self.corpus(data), progress=self.progress, **options)
         judge_claims(verdict, report.checks)
         verdict.evaluation = report

@@ -28,6 +28,7 @@ It also takes uploads the way ``HfApi.create_repo`` and ``HfApi.create_commit`` 
     # POST /{repo}.git/info/lfs/objects/batch                  basic transfer: PUT to the CDN, then verify
     # POST /api/models/{repo}/commit/{rev}                     NDJSON: header, file (base64), lfsFile, deletedFile
     # GET  /api/models/{repo}[/revision/{rev}]                 sha and siblings (repo_info)
+    # POST /api/validate-yaml                                  {"content", "repoType"}: a README.md's front matter
 
 A commit moves every branch to a new commit; earlier commits stay resolvable by their sha.
 """
@@ -92,6 +93,7 @@ class HfEmulator(FileServer):
         self.route(rf"/{REPO}\.git/info/lfs/objects/verify", self.lfs_verify, methods=("POST",))
         self.route(rf"/api/models/{REPO}/commit/(?P<rev>[^/]+)", self.commit, methods=("POST",))
         self.route(rf"/api/models/{REPO}(?:/revision/(?P<rev>[^/]+))?", self.repo_info)
+        self.route(r"/api/validate-yaml", self.validate_yaml, methods=("POST",))
         self.cdn.route(r"/lfs-upload/(?P<oid>[0-9a-f]{64})", self.lfs_put, methods=("PUT",))
 
     def add_repo(self, name: str, **options) -> Repo:
@@ -196,6 +198,23 @@ class HfEmulator(FileServer):
                                      409)
         self.add_repo(repo_id, private=body.get("visibility") == "private" or bool(body.get("private")))
         request.send_json({"url": self.url(f"/{repo_id}"), "name": repo_id, "id": repo_id})
+
+    def validate_yaml(self, request: Request) -> None:
+        """What ``create_commit`` asks before committing a README.md: is its front matter a YAML mapping?
+        (The Hub checks its schema too; 400 with ``errors`` either way, 200 with ``warnings``.)"""
+        import yaml
+
+        content = json.loads(request.body or b"{}").get("content") or ""
+        front = re.match(r"^\s*---\r?\n([\s\S]*?)\r?\n---[ \t]*(\r?\n|$)", content)
+        if front is None:
+            return request.send_json({"warnings": [{"message": "Empty or missing yaml metadata in repo card"}]})
+        try:
+            data = yaml.safe_load(front.group(1))
+        except yaml.YAMLError as err:
+            return request.send_json({"errors": [{"message": f"Invalid YAML: {type(err).__name__}"}]}, 400)
+        if data is not None and not isinstance(data, dict):
+            return request.send_json({"errors": [{"message": "YAML metadata must be a mapping"}]}, 400)
+        request.send_json({"warnings": []})
 
     def preupload(self, request: Request) -> None:
         repo = self._writable(request, request.params["repo"])

@@ -11,9 +11,10 @@ plain-HTTP bridge URL, which serves ordinary bytes with Range.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
-from typing import Literal, Optional
+from typing import TYPE_CHECKING, Literal, Optional
 from urllib.parse import urljoin
 
 import requests
@@ -24,6 +25,10 @@ from phasegpt_ckpt.proof.digest import SHA256_HEX
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import API_TIMEOUT, Endpoint, MirrorBase, Source
 
+if TYPE_CHECKING:
+    from phasegpt_ckpt.proof.claims import Claim
+
+log = logging.getLogger(__name__)
 HUB = "https://huggingface.co"
 # The Hub's repository ids: NAME or NAMESPACE/NAME, letters, digits, '-', '_', '.', no '--' or '..'.
 REPO_ID = re.compile(r"(?!.*(--|\.\.))(?:[A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
@@ -132,3 +137,73 @@ def _mirror_failed(mirror: HfMirror, err: Exception, token: Optional[str]) -> Mi
     if isinstance(err, httpx2.TimeoutException):
         return MirrorFailed("timeout", f"no answer from {mirror.base_url()}")
     return MirrorFailed("network", f"cannot reach {mirror.base_url()} ({type(err).__name__})")
+
+
+# -- the repository's model card --------------------------------------------------------------------
+
+CARD_FILENAME = "README.md"
+
+
+def model_card_claims(mirror: HfMirror, *, sha256: Optional[str] = None, offline: bool = False) -> list["Claim"]:
+    """The claims in the model card (README.md) of ``mirror``'s repository at its revision.
+
+    Downloaded through huggingface_hub (its cache, the mirror's endpoint, the token on trusted origins
+    only); ``offline``: from that cache alone, nothing asked of the network. A card larger than
+    :data:`~phasegpt_ckpt.proof.claims.MAX_CARD_BYTES` is refused before it is downloaded (and again
+    if the bytes received are larger), a missing card gives no claims, and any failure is a logged
+    line and no claims: verify carries on without them.
+    """
+    import httpx2
+    from huggingface_hub import constants, get_hf_file_metadata, get_token, hf_hub_download, hf_hub_url
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+    )
+
+    from phasegpt_ckpt.proof.claims import MAX_CARD_BYTES, card_claims
+
+    offline = offline or constants.HF_HUB_OFFLINE  # huggingface_hub's own switch means the same
+    card = mirror.model_copy(update={"filename": CARD_FILENAME})
+    where = f"the model card of {mirror.repo}@{mirror.revision}"
+    try:
+        endpoint = card.base_url()
+        token = web.trusted_token(get_token(), endpoint, HUB, os.environ.get("HF_ENDPOINT"), name="HF_TOKEN")
+        if not offline:  # the size first: a card too large is never downloaded
+            url = hf_hub_url(card.repo, CARD_FILENAME, repo_type=card.repo_type, revision=card.revision,
+                             endpoint=endpoint)
+            meta = get_hf_file_metadata(url, token=token or False, timeout=API_TIMEOUT[1], endpoint=endpoint)
+            if meta.size is not None and meta.size > MAX_CARD_BYTES:
+                log.warning(f"{where} has {meta.size} bytes, over {MAX_CARD_BYTES // 1024} KiB: not read for claims")
+                return []
+        path = hf_hub_download(card.repo, CARD_FILENAME, repo_type=card.repo_type, revision=card.revision,
+                               endpoint=endpoint, token=token or False, local_files_only=offline,
+                               etag_timeout=API_TIMEOUT[1])
+        with open(path, "rb") as file:
+            data = file.read(MAX_CARD_BYTES + 1)
+    except LocalEntryNotFoundError:  # offline, or the Hub unreachable, and not in huggingface_hub's cache
+        if offline:
+            log.info(f"{where} is not in the Hub cache and this Store is offline: no claims from it")
+        else:
+            log.warning(f"cannot reach {card.base_url()} for {where}, nor is it cached: no claims from it")
+        return []
+    except EntryNotFoundError:
+        log.info(f"{mirror.repo}@{mirror.revision} has no model card: no claims from it")
+        return []
+    except (HfHubHTTPError, HFValidationError, OfflineModeIsEnabled, httpx2.HTTPError) as err:
+        log.warning(f"cannot read {where}: {_mirror_failed(card, err, None)}; no claims from it")
+        return []
+    except (OSError, ValueError, BadInput) as err:  # the cache unwritable, an endpoint refused, ...
+        log.warning(f"cannot read {where} ({type(err).__name__}): no claims from it")
+        return []
+    if len(data) > MAX_CARD_BYTES:
+        log.warning(f"{where} is over {MAX_CARD_BYTES // 1024} KiB: not read for claims")
+        return []
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        log.warning(f"{where} is not UTF-8 text: no claims from it")
+        return []
+    return card_claims(text, sha256=sha256, where=where)
