@@ -33,6 +33,8 @@ def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
     the OS raised, for a caller that handles a full disk itself (the download's sidecar).
     """
     final = Path(final)
+    if final.is_dir():  # os.replace would refuse only after the whole file was written
+        raise BadInput(f"{final} is a directory; name the file to write inside it")
     try:
         temp = _create_beside(final)
     except OSError as err:

@@ -52,6 +52,8 @@ def test_generate_reads_stdin_says_its_seed_and_speaks_json(run_cli, monkeypatch
 def test_config_and_convert_speak_json_and_convert_never_overwrites_unasked(run_cli, tmp_path):
     code, out, err = run_cli("config", "phasegpt-tiny", "--json")
     assert code == 0 and json.loads(out)["model"]["n_layers"] >= 1
+    code, out, err = run_cli("config", "phasegpt-tiny", "-o", tmp_path)  # a directory: one line, not a traceback
+    assert code == 2 and err.strip() == f"error: {tmp_path} is a directory; name the file to write inside it"
     target = tmp_path / "tiny.safetensors"
     code, out, err = run_cli("convert", "phasegpt-tiny", "--to", "safetensors", "-o", target, "--json")
     facts = json.loads(out)
