@@ -29,7 +29,16 @@ from emulators.osf import OsfEmulator
 from emulators.zenodo import ZenodoEmulator
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from test_secrets import FAST, HF_TOKEN, OSF_TOKEN, ZENODO_TOKEN, readable_everywhere, write_manifest
+from test_secrets import (  # noqa: F401 - corpus and _everything_logged are fixtures (the latter autouse)
+    FAST,
+    HF_TOKEN,
+    OSF_TOKEN,
+    ZENODO_TOKEN,
+    _everything_logged,
+    corpus,
+    readable_everywhere,
+    write_manifest,
+)
 from urllib3.util import parse_url
 
 from phasegpt_ckpt import Store
@@ -38,18 +47,6 @@ from phasegpt_ckpt.cli import render
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.manifest import load_manifest
-
-
-@pytest.fixture
-def corpus(corpus_path) -> bytes:
-    return corpus_path.read_bytes()
-
-
-@pytest.fixture(autouse=True)
-def _everything_logged(caplog, tmp_path, monkeypatch):
-    """Every library's log records at DEBUG, and no saved Hub login."""
-    caplog.set_level(logging.DEBUG)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf_token"))
 
 
 def trust(monkeypatch, *servers: FileServer) -> None:
@@ -337,6 +334,20 @@ def test_zenodo_file_link_to_another_origin_gets_no_token(run_cli, tmp_path, cor
 # -- providers that echo the token back ------------------------------------------------------------
 
 
+def fetch_against_an_echo(run_cli, tmp_path: Path, mirror: dict, server: FileServer, path: str, token: str,
+                          tag: str) -> tuple[str, str]:
+    """Fetch ``mirror`` by the CLI and the API from a ``server`` that echoes the token at ``path``: the fetch
+    fails with ``tag`` in one line, the server did get the token (and echoes it); (what was printed, the API's error)."""
+    code, err, document, printed = fetch_cli(run_cli, tmp_path, mirror)
+    assert code == 3 and outcome_tags(document) == [tag], printed
+    one_error_line(err)
+    (tmp_path / "api").mkdir()
+    error = api_error(tmp_path / "api", mirror)
+    assert server.log and all(r.authorization == f"Bearer {token}" for r in server.log)
+    probe_echo(server, path, token)
+    return printed, error
+
+
 def probe_echo(server: FileServer, path: str, token: str) -> None:
     """The server really does echo ``token`` (in its body, reason phrase and a header), so masking is tested."""
     answer = requests.get(server.url(path), headers={"Authorization": f"Bearer {token}"}, allow_redirects=False)
@@ -353,13 +364,7 @@ def test_zenodo_echoing_the_token_back_shows_it_nowhere(run_cli, tmp_path, corpu
         path = "/api/records/7001" if stage == "api" else zenodo.content_path(7001, "input.txt")
         zenodo.set_faults(path, Faults(echo_authorization=True, status=403 if stage == "download" else None))
         mirror = {"type": "zenodo", "record": 7001, "filename": "input.txt", "endpoint": zenodo.origin}
-        code, err, document, printed = fetch_cli(run_cli, tmp_path, mirror)
-        assert code == 3 and outcome_tags(document) == ["403"], printed
-        one_error_line(err)
-        (tmp_path / "api").mkdir()
-        error = api_error(tmp_path / "api", mirror)
-        assert zenodo.log and all(r.authorization == f"Bearer {token}" for r in zenodo.log)
-        probe_echo(zenodo, path, token)
+        printed, error = fetch_against_an_echo(run_cli, tmp_path, mirror, zenodo, path, token, "403")
     out = capsys.readouterr()
     assert token not in readable_everywhere(tmp_path, caplog, printed, error, out.out, out.err)
 
@@ -378,13 +383,8 @@ def test_osf_echoing_the_token_back_shows_it_nowhere(run_cli, tmp_path, corpus, 
         else:
             server, path = osf.wb, osf.wb_path(osf_file)
             osf.wb.set_faults(path, Faults(echo_authorization=True, status=403))
-        code, err, document, printed = fetch_cli(run_cli, tmp_path, mirror)
-        assert code == 3 and outcome_tags(document) == ["401" if stage == "api" else "403"], printed
-        one_error_line(err)
-        (tmp_path / "api").mkdir()
-        error = api_error(tmp_path / "api", mirror)
-        assert server.log and all(r.authorization == f"Bearer {token}" for r in server.log)
-        probe_echo(server, path, token)
+        printed, error = fetch_against_an_echo(run_cli, tmp_path, mirror, server, path, token,
+                                               "401" if stage == "api" else "403")
     out = capsys.readouterr()
     assert token not in readable_everywhere(tmp_path, caplog, printed, error, out.out, out.err)
 

@@ -6,22 +6,13 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 from conftest import CORPUS_SHA256
 from emulators.fileserver import FileServer
+from test_cli_engine import PATH, server  # noqa: F401 - the corpus served on 127.0.0.1
 
 import phasegpt_ckpt
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import Manifest
-
-PATH = "/files/input.txt"
-
-
-@pytest.fixture
-def server(corpus_path):
-    with FileServer() as server:
-        server.add_file(PATH, corpus_path.read_bytes())
-        yield server
 
 
 def unpinned_manifest(server: FileServer) -> Manifest:

@@ -178,15 +178,15 @@ class Store:
         verdict = proof.judge(ref, facts, artifact, receipt_sha256=receipt and receipt.sha256, metadata=metadata)
         if receipt is not None and not verdict.ok:
             self._discard_if_cached(verdict, receipt.sha256)
-        if verdict.ok and (artifact is None or artifact.kind == "checkpoint"):  # bytes that fail are never unpickled
-            proof.contents(verdict, *_load_problem(path, sniffed))
-        if verdict.ok and artifact is not None and artifact.kind == "checkpoint" \
-                and isinstance(metadata, CheckpointInfo) and metadata.training_epochs is not None:
-            from phasegpt_ckpt.models.checkpoint import describe  # the bytes passed: read weights-only, mmap
-
-            proof.epochs(verdict, metadata.training_epochs, describe(path).get("epoch"))
-        if verdict.ok and (evaluate or evaluation.get("causality")) and (artifact is None or artifact.kind == "checkpoint"):
-            self._evaluate(verdict, **evaluation)
+        metadata_json = metadata if isinstance(metadata, CheckpointInfo) else None  # else its row says why
+        if not verdict.ok or (artifact is not None and artifact.kind != "checkpoint"):
+            return verdict  # bytes that fail are never unpickled; a corpus or a JSON is no checkpoint
+        refused, unreadable, described = _read_contents(path, sniffed)
+        proof.contents(verdict, refused, unreadable)
+        if verdict.ok and artifact is not None and metadata_json and metadata_json.training_epochs is not None:
+            proof.epochs(verdict, metadata_json.training_epochs, described.get("epoch"))
+        if verdict.ok and (evaluate or evaluation.get("causality")):
+            self._evaluate(verdict, metadata_json, **evaluation)
         return verdict
 
     def verify_available(self, **options: Any) -> list[proof.Verdict]:
@@ -323,17 +323,16 @@ class Store:
             fix = f"; `phasegpt-ckpt fetch {name} --force` downloads it again" if name else ""
             proof.require(hash_file(located.path), sha256=located.sha256, action=action + fix)
 
-    def _evaluate(self, verdict: proof.Verdict, *, data: str | Path | None = None, **options: Any) -> None:
-        """Measure a verified checkpoint and add one row per claim (manifest and metadata JSON) to ``verdict``."""
+    def _evaluate(self, verdict: proof.Verdict, metadata: Optional[CheckpointInfo], *,
+                  data: str | Path | None = None, **options: Any) -> None:
+        """Measure a verified checkpoint and add one row per claim (manifest and ``metadata``, the artifact's
+        metadata JSON as verify read it) to ``verdict``."""
         from phasegpt_ckpt.models.evaluate import evaluate_checkpoint
         from phasegpt_ckpt.proof.claims import gather_claims, judge_claims
         from phasegpt_ckpt.proof.metadata import metadata_beside
 
         log.info(f"evaluating {verdict.subject} on the validation split ...")
-        if verdict.artifact is not None:
-            metadata = self._metadata_or_reason(verdict.artifact)
-            metadata = metadata if isinstance(metadata, CheckpointInfo) else None  # its row says why
-        else:
+        if verdict.artifact is None:
             metadata = metadata_beside(verdict.facts)
         card = []  # a manifest entry stating no claims: those of its Hub repository's model card, if any
         hub = next((m for m in verdict.artifact.mirrors if m.type == "hf" and m.published), None) \
@@ -358,20 +357,19 @@ def _describe(path: Path, config) -> dict:
     return describe(path, config=config)
 
 
-def _load_problem(path: Path, sniffed: Sniffed) -> tuple[Optional[str], Optional[str]]:
-    """(why the file was refused, why it is unreadable): what a weights-only read of ``path`` found.
+def _read_contents(path: Path, sniffed: Sniffed) -> tuple[Optional[str], Optional[str], dict]:
+    """(why the file was refused, why it is unreadable, what it holds): one weights-only read of ``path``.
     A file whose first bytes already tell it is no checkpoint is judged without loading torch."""
     if sniffed.problem is not None:
-        return None, sniffed.problem
+        return None, sniffed.problem, {}
     from phasegpt_ckpt.models.checkpoint import describe
 
     try:
-        describe(path)
+        return None, None, describe(path)
     except VerificationFailed as refused:
-        return str(refused), None
+        return str(refused), None, {}
     except BadInput as unreadable:
-        return None, str(unreadable)
-    return None, None
+        return None, str(unreadable), {}
 
 
 def _import_in_background(module: str) -> None:
