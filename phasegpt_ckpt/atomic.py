@@ -33,7 +33,7 @@ def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
     the OS raised, for a caller that handles a full disk itself (the download's sidecar).
     """
     final = Path(final)
-    if final.is_dir():  # os.replace would refuse only after the whole file was written
+    if final.is_dir() and not final.is_symlink():  # os.replace would refuse only after the whole file was written
         raise BadInput(f"{final} is a directory; name the file to write inside it")
     try:
         temp = _create_beside(final)
@@ -100,12 +100,21 @@ def _create_beside(final: Path) -> Path:
     temp = _temp_name(final)
     try:
         os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the kernel applies the umask
-        if final.exists():
-            os.chmod(temp, stat.S_IMODE(final.stat().st_mode))
+        replaced = _regular_file_status(final)  # a link there is replaced, and lends no mode
+        if replaced is not None:
+            os.chmod(temp, stat.S_IMODE(replaced.st_mode))
     except OSError:
         temp.unlink(missing_ok=True)
         raise
     return temp
+
+
+def _regular_file_status(path: Path) -> Optional[os.stat_result]:
+    try:
+        status = path.lstat()
+    except OSError:
+        return None
+    return status if stat.S_ISREG(status.st_mode) else None
 
 
 def fsync_directory(directory: Path) -> None:

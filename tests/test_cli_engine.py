@@ -99,7 +99,9 @@ def test_usage_errors_are_one_line_exit_2(run_cli, args, words):
     assert words in assert_one_error_line(err, code, 2) and out == ""
 
 
-def test_ctrl_c_during_fetch_exits_130_keeps_the_part_and_the_next_fetch_resumes(manifest, server, tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_during_fetch_exits_130_keeps_the_part_and_the_next_fetch_resumes(
+        manifest, server, tmp_path, stop):
     server.set_faults(PATH, Faults(stall=30, stall_at=400_000, times=1))  # hold the transfer mid-body
     env = {**os.environ, "PHASEGPT_CACHE": str(tmp_path / "cache")}
     command = [sys.executable, "-m", "phasegpt_ckpt", "--manifest", str(manifest), "fetch", "corpus"]
@@ -108,7 +110,7 @@ def test_ctrl_c_during_fetch_exits_130_keeps_the_part_and_the_next_fetch_resumes
     deadline = time.monotonic() + 20
     while sum(p.stat().st_size for p in parts.glob("*.part")) < 400_000 and time.monotonic() < deadline:
         time.sleep(0.05)
-    fetching.send_signal(signal.SIGINT)
+    fetching.send_signal(stop)
     _, err = fetching.communicate(timeout=20)
 
     assert fetching.returncode == 130 and err.splitlines()[-1] == "interrupted" and "Traceback" not in err

@@ -309,3 +309,36 @@ def test_adversarial_metadata_is_one_line_bad_input(tmp_path, content, words):
     with pytest.raises(BadInput) as refused:
         load_metadata(path)
     assert words in str(refused.value) and "\n" not in str(refused.value)
+
+
+CACHE_WORDS = "the cache directory (--cache-dir, $PHASEGPT_CACHE)"
+
+
+@pytest.mark.parametrize("where, args, env", [
+    (CACHE_WORDS, ("--cache-dir", "{}", "list"), None),
+    (CACHE_WORDS, ("cache", "ls"), "PHASEGPT_CACHE"),
+    ("--manifest", ("--manifest", "{}", "list"), None),
+    ("--manifest", ("list",), "PHASEGPT_MANIFEST"),
+    ("PHASEGPT_USER_MANIFEST", ("list",), "PHASEGPT_USER_MANIFEST"),
+    ("--config", ("train", "--config", "{}"), None),
+    ("import", ("import", "tinyshakespeare", "{}"), None),
+], ids=["cache-dir", "PHASEGPT_CACHE", "manifest", "PHASEGPT_MANIFEST", "PHASEGPT_USER_MANIFEST", "config", "import"])
+def test_a_home_that_cannot_be_expanded_is_one_line_exit_2(monkeypatch, where, args, env):
+    home = "~nosuchuser-phasegpt/x"
+    if env:
+        monkeypatch.setenv(env, home)
+    code, _, err = run_main(*(arg.format(home) for arg in args))
+    assert assert_one_line_error(code, err, 2) == (
+        f"error: {where}: cannot expand the home directory in {home!r}; give the path in full (or set HOME)")
+
+
+@pytest.mark.parametrize("args, option", [
+    (("--cache-dir", "a\0b", "list"), "--cache-dir"),
+    (("--manifest", "a\0b", "list"), "--manifest"),
+    (("train", "--config", "a\0b"), "--config"),
+    (("import", "tinyshakespeare", "a\0b"), "path"),
+], ids=["cache-dir", "manifest", "config", "import"])
+def test_a_path_with_a_nul_byte_is_one_line_exit_2(args, option):
+    code, _, err = run_main(*args)
+    line = assert_one_line_error(code, err, 2)
+    assert option in line and ("NUL byte" in line or "null byte" in line), line

@@ -445,3 +445,22 @@ def test_the_command_line_masks_every_known_token_whatever_reaches_it(capsys, mo
     for token in tokens:
         assert token not in out + err
     assert web.scrub("short", "x") == "short" and token_masking.MIN_TOKEN_LENGTH == 8
+
+
+@pytest.mark.parametrize("variable, mirror_of", [
+    ("ZENODO_TOKEN", lambda server: {"type": "zenodo", "record": 7001, "filename": "input.txt",
+                                     "endpoint": server.origin}),
+    ("HF_TOKEN", lambda server: {"type": "hf", "repo": "org/corpus", "filename": "input.txt",
+                                 "endpoint": server.origin}),
+])
+@pytest.mark.parametrize("bad", ["tok\u00e9n\u4e2d" * 4, "token\x7fdelete-xxxxxx"], ids=["non-latin-1", "control"])
+def test_a_token_no_http_header_can_carry_is_one_line_before_any_request(run_cli, tmp_path, monkeypatch,
+                                                                         variable, mirror_of, bad):
+    monkeypatch.setenv(variable, bad)
+    with FileServer() as server:
+        trust(monkeypatch, server)
+        code, err, _, _ = fetch_cli(run_cli, tmp_path, mirror_of(server))
+        assert code == 2 and one_error_line(err) == (
+            f"error: {variable} holds a character an HTTP header cannot carry (outside Latin-1, or a control "
+            "character): set it to the token exactly as the provider shows it")
+        assert server.log == []

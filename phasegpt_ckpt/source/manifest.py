@@ -38,6 +38,7 @@ from pydantic import (
 
 from phasegpt_ckpt import manifests
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.proof.digest import MD5_HEX, SHA256_HEX
 from phasegpt_ckpt.source.mirrors import Mirror
 from phasegpt_ckpt.yamlio import read_yaml
@@ -193,7 +194,7 @@ def load_manifest(path: str | Path | None = None) -> Manifest:
     """
     given = path or os.environ.get("PHASEGPT_MANIFEST")
     if given:
-        return _load_one(Path(given).expanduser())
+        return _load_one(user_path(given, "--manifest" if path else "PHASEGPT_MANIFEST"))
     shipped = _load_one(manifests.DEFAULT)
     user = user_manifest_path()
     return shipped.layered(_load_one(user)) if user.is_file() else shipped
@@ -204,8 +205,9 @@ def user_manifest_path() -> Path:
     installed package (``$PHASEGPT_USER_MANIFEST``, else the platform's config directory)."""
     import platformdirs
 
-    return Path(os.environ.get("PHASEGPT_USER_MANIFEST")
-                or Path(platformdirs.user_config_dir("phasegpt-ckpt")) / "manifest.yaml").expanduser()
+    given = os.environ.get("PHASEGPT_USER_MANIFEST")
+    return user_path(given or Path(platformdirs.user_config_dir("phasegpt-ckpt")) / "manifest.yaml",
+                     "PHASEGPT_USER_MANIFEST")
 
 
 def _load_one(path: Path) -> Manifest:

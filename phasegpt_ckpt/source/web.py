@@ -314,12 +314,19 @@ def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str
     """
     if not token:
         return None
+    if not _header_safe(token):  # http.client would raise UnicodeEncodeError mid-request
+        raise BadInput(f"{name} holds a character an HTTP header cannot carry (outside Latin-1, or a control "
+                       "character): set it to the token exactly as the provider shows it")
     if on_origin(endpoint, *services) or listed(endpoint):
         return token
     shown = scrub(endpoint) if _origin_or_none(endpoint) else _shown(endpoint)  # quoted when it may hold anything
     log.warning(f"not sending {name} to {shown}: it is not {services[0]}; "
                  f"if that server is yours, add it to ${TRUSTED_ENDPOINTS}")
     return None
+
+
+def _header_safe(value: str) -> bool:
+    return all(" " <= char <= "\xff" and char != "\x7f" for char in value)
 
 
 def on_origin(url: Optional[str], *trusted: Optional[str]) -> bool:

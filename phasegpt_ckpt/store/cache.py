@@ -21,6 +21,7 @@ Housekeeping (``phasegpt-ckpt cache ls|rm|prune``): :meth:`Cache.entries`, :meth
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -30,16 +31,17 @@ import stat
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Annotated, Iterator, Optional
 
 import platformdirs
 from filelock import FileLock, Timeout
-from pydantic import BaseModel, ValidationError
+from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
 
 from phasegpt_ckpt import __version__
 from phasegpt_ckpt.atomic import atomic_path, fsync_directory, link_into_place, write_text
 from phasegpt_ckpt.errors import BadInput
-from phasegpt_ckpt.proof.digest import FileFacts, hash_file
+from phasegpt_ckpt.paths import user_path
+from phasegpt_ckpt.proof.digest import SHA256_HEX, FileFacts, hash_file
 from phasegpt_ckpt.proof.verify import mismatch
 from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors.base import MirrorBase
@@ -49,12 +51,23 @@ log = logging.getLogger(__name__)
 TOFU = "unpinned (trust on first use)"
 
 
+def _not_dots(name: str) -> str:
+    if name in (".", ".."):
+        raise ValueError("a name cannot be . or ..")
+    return name
+
+
+# A receipt's fields become paths (blobs/<sha256>, artifacts/<name>/<filename>): in a cache other
+# users can write, a field holding "../.." would aim a move or a delete outside the cache.
+_NAME = Annotated[str, StringConstraints(pattern=r"^[^/\\\x00]{1,255}$"), AfterValidator(_not_dots)]
+
+
 class Receipt(BaseModel):
     """The record of one verified file. ``pin`` says what its sha256 was checked against."""
 
-    artifact: str
-    filename: str
-    sha256: str
+    artifact: _NAME
+    filename: _NAME
+    sha256: Annotated[str, StringConstraints(pattern=SHA256_HEX.pattern + "$")]
     size: int
     mirror: str
     time: datetime
@@ -149,8 +162,43 @@ def _children(directory: Path) -> list[Path]:
 
 
 def _files(directory: Path) -> list[Path]:
-    """The regular files under ``directory`` (not following links), sorted."""
-    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink()) if directory.is_dir() else []
+    """The regular files under ``directory`` (not following links, nor a linked ``directory``), sorted."""
+    if not directory.is_dir() or directory.is_symlink():
+        return []
+    return sorted(p for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _unlink_planted(path: Path) -> None:
+    """Remove a symbolic link found where the cache keeps a file or folder of its own (a cache holds none:
+    in a shared cache, another user may have planted it to make us write, chmod or delete elsewhere)."""
+    if path.is_symlink():
+        log.warning(f"{path} is a symbolic link, which the cache never makes: removed it (not followed)")
+        path.unlink()
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of the regular file ``path``, never through a link, never more than ``limit``.
+
+    A link, a FIFO or device, or a larger file is an ``OSError``: what the cache finds is read as
+    untrusted (a planted ``/dev/zero`` would otherwise be read for ever).
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _restrict(path: Path, mode: int) -> None:
+    """chmod the file at ``path`` itself, never a link's target."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
 
 
 def _size(path: Path) -> Optional[int]:
@@ -201,8 +249,9 @@ class Cache:
     """One cache directory; creating the object touches nothing on disk."""
 
     def __init__(self, root: str | Path | None = None):
-        root = root or os.environ.get("PHASEGPT_CACHE") or platformdirs.user_cache_dir("phasegpt-ckpt")
-        self.root = Path(root).expanduser()
+        given = root or os.environ.get("PHASEGPT_CACHE")
+        self.root = user_path(given, "the cache directory (--cache-dir, $PHASEGPT_CACHE)") if given else Path(
+            platformdirs.user_cache_dir("phasegpt-ckpt"))
 
     def blob(self, sha256: str) -> Path:
         return self.root / "blobs" / sha256
@@ -219,12 +268,21 @@ class Cache:
     @contextlib.contextmanager
     def lock(self, name: str) -> Iterator[None]:
         """Hold the artifact's lock; says so on stderr when another fetch holds it first."""
-        lock = FileLock(self._dir("locks") / f"{name}.lock")
+        lock = FileLock(self._lock_file(name))
         try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            log.info(f"waiting for another fetch of {name} to finish")
-            lock.acquire()
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                log.info(f"waiting for another fetch of {name} to finish")
+                lock.acquire()
+        except OSError as err:
+            if err.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise BadInput(f"cannot use the lock {lock.lock_file}: {err.strerror}") from None
+            # a cache someone else fills (read-only here): what it holds is served; a download
+            # fails when it needs to write, with one line
+            log.info(f"cannot lock {name} in {self.root} ({err.strerror}): reading the cache without a lock")
+            yield
+            return
         try:
             yield
         finally:
@@ -234,7 +292,7 @@ class Cache:
         """The receipt of artifact ``name``, or None (absent or unreadable: the file is refetched)."""
         path = self.root / "receipts" / f"{name}.json"
         try:
-            return Receipt.model_validate_json(path.read_bytes())
+            return Receipt.model_validate_json(read_regular(path))
         except FileNotFoundError:
             return None
         except (OSError, ValidationError):
@@ -259,10 +317,10 @@ class Cache:
             return None
         blob = self.blob(receipt.sha256)
         try:
-            status = blob.stat()
+            status = blob.lstat()
         except OSError:
             return None
-        if status.st_size != receipt.size:
+        if not stat.S_ISREG(status.st_mode) or status.st_size != receipt.size:
             return None
         if (status.st_ino, status.st_mtime_ns) == (receipt.inode, receipt.mtime_ns):
             return receipt
@@ -278,20 +336,26 @@ class Cache:
 
     def quarantine(self, sha256: str) -> Path:
         """Move a blob found corrupt out of ``blobs/`` (its readable names go with it); returns where it went."""
+        self._unplant()
         target = self._dir("quarantine") / f"{sha256}.{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
         os.replace(self.blob(sha256), target)
         return target
 
-    def store(self, artifact: Artifact, facts: FileFacts, *, pin: str) -> Path:
+    def store(self, artifact: Artifact, facts: FileFacts, *, pin: str, source_mode: Optional[int] = None) -> Path:
         """Move the verified file ``facts.path`` into the cache, name it, write the receipt; returns the path.
 
         Only bytes the proof stage passed come here; ``pin`` says what their sha256 was checked against.
+        The blob is read-only (a hard-linked ``--dest`` copy must not be edited in place), and no more
+        readable than the part was made (the umask) nor than ``source_mode``, the mode of a local file
+        copied in: a file only its owner may read stays so in a shared cache.
         """
         sha256, size, mirror = facts.sha256, facts.size, facts.origin
+        self._unplant()
         blob = self.blob(sha256)
         self._dir("blobs")
         os.replace(facts.path, blob)  # even over an equal blob: these bytes were just checked, the old ones not
-        blob.chmod(stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH)  # a hard-linked --dest copy must not be edited in place
+        mode = stat.S_IMODE(blob.lstat().st_mode) & (0o777 if source_mode is None else source_mode)
+        _restrict(blob, mode & (stat.S_IRUSR | stat.S_IRGRP | stat.S_IROTH))
         fsync_directory(blob.parent)
         readable = place(blob, self._dir("artifacts", artifact.name), artifact.filename)
         status = blob.stat()
@@ -307,6 +371,7 @@ class Cache:
     def discard(self, name: str) -> None:
         """Forget artifact ``name``: its receipt, its readable name and its blob (found corrupt: quarantined)."""
         receipt = self.receipt(name)
+        self._unplant()
         if receipt is not None and self.blob(receipt.sha256).is_file():
             self.quarantine(receipt.sha256)
         shutil.rmtree(self.root / "artifacts" / name, ignore_errors=True)
@@ -363,14 +428,14 @@ class Cache:
     def mark_used(self, name: str) -> None:
         """Record that artifact ``name`` was just served from the cache: ``used/<name>``'s mtime, one
         ``utime`` per use. A cache that cannot be written only loses the record."""
-        path = self.root / "used" / name
         try:
-            os.utime(path)
+            path = self._dir("used") / name
+            _unlink_planted(path)
+            os.utime(path, follow_symlinks=False)
         except FileNotFoundError:
             with contextlib.suppress(OSError):
-                path.parent.mkdir(parents=True, exist_ok=True)
-                path.touch()
-        except OSError as err:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o666))
+        except (OSError, BadInput) as err:
             log.debug(f"cannot record the use of {name}: {err}")
 
     def remove(self, name: str, *, wait: bool = False) -> Removed:
@@ -382,6 +447,7 @@ class Cache:
         process or thread holds the artifact's lock (a fetch in progress); ``wait`` waits for it.
         """
         self.require(name)
+        self._unplant()
         with contextlib.ExitStack() as held:
             if self._hold(held, name) is False:
                 if not wait:
@@ -418,6 +484,8 @@ class Cache:
         """
         removed: list[Dropped] = []
         kept: list[Dropped] = []
+        if not dry_run:
+            self._unplant()
         with contextlib.ExitStack() as held:
             taken: set[str] = set()
             names = self.names()
@@ -456,7 +524,7 @@ class Cache:
         partials = []
         for path, size in parts:
             try:
-                expected = json.loads(path.with_name(path.name + ".json").read_text()).get("expected_size")
+                expected = json.loads(read_regular(path.with_name(path.name + ".json"))).get("expected_size")
             except (OSError, ValueError, AttributeError):
                 expected = None
             partials.append(Partial(path, size, expected if isinstance(expected, int) else None, in_progress))
@@ -472,7 +540,10 @@ class Cache:
         path = self.root / "locks" / f"{name}.lock"
         if not create and not path.exists():
             return None
-        lock = FileLock(self._dir("locks") / f"{name}.lock" if create else path)
+        try:
+            lock = FileLock(self._lock_file(name))
+        except BadInput:
+            return None
         try:
             lock.acquire(timeout=0)
         except Timeout:
@@ -491,16 +562,52 @@ class Cache:
                 busy.add(name)
         return busy
 
+    def _unplant(self) -> None:
+        """Remove links planted in place of the cache's own folders, before anything is moved or deleted
+        under them (rmtree and :func:`_files` refuse a linked folder one level further down)."""
+        for folder in ("blobs", "quarantine", "artifacts", "receipts", "partial", "locks", "used"):
+            try:
+                _unlink_planted(self.root / folder)
+            except OSError as err:
+                raise BadInput(f"cannot use the cache directory {self.root}: {err.strerror}") from None
+
+    def _lock_file(self, name: str) -> Path:
+        """``locks/<name>.lock``, a planted link there removed first (filelock opens with O_TRUNC)."""
+        path = self._dir("locks") / f"{name}.lock"
+        try:
+            _unlink_planted(path)
+        except OSError as err:
+            raise BadInput(f"cannot use the lock {path}: {err.strerror}") from None
+        return path
+
     def _write_receipt(self, receipt: Receipt) -> None:
         write_text(receipt.model_dump_json(indent=2) + "\n", self._dir("receipts") / f"{receipt.artifact}.json")
 
     def _dir(self, *parts: str) -> Path:
-        directory = self.root.joinpath(*parts)
+        """The folder ``root/parts...``, made where missing; no link below the root is followed.
+
+        The root itself may be a link (a cache moved to a bigger disk); below it, a link is planted.
+        """
+        directory = self.root
         try:
             directory.mkdir(parents=True, exist_ok=True)
+            for part in parts:
+                directory = directory / part
+                _unlink_planted(directory)
+                directory.mkdir(exist_ok=True)
         except OSError as err:
-            raise BadInput(f"cannot use the cache directory {self.root}: {err.strerror}") from None
+            raise BadInput(f"cannot use the cache directory {directory}: {err.strerror}; "
+                           "give one you can write with --cache-dir or $PHASEGPT_CACHE") from None
         return directory
+
+
+def _same_file(path: Path, final: Path) -> bool:
+    """Is ``final`` itself (not a link's target) the file ``path``?"""
+    try:
+        here, there = path.stat(), final.lstat()
+    except OSError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
 
 
 def place(path: Path, dest_dir: str | Path, filename: str) -> Path:
@@ -514,7 +621,7 @@ def place(path: Path, dest_dir: str | Path, filename: str) -> Path:
     final = dest_dir / filename
     try:
         dest_dir.mkdir(parents=True, exist_ok=True)
-        if final.exists() and os.path.samefile(path, final):
+        if _same_file(path, final):
             return final
         if not link_into_place(path, final):  # another filesystem, or one without hard links
             with atomic_path(final) as temp:

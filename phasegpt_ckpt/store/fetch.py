@@ -14,6 +14,7 @@ outcome is recorded; a mirror's failure never escapes as such.
 from __future__ import annotations
 
 import logging
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 import requests
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
+from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.proof.digest import FileFacts
 from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
 from phasegpt_ckpt.proof.verify import disagreement, mismatch
@@ -94,7 +96,7 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
 def import_file(store: "Store", name: str, path: str | Path) -> Fetched:
     """Check a file obtained elsewhere against artifact ``name`` and keep it in the cache (see :meth:`Store.import_file`)."""
     artifact = store.manifest.artifact(name)
-    path = Path(path).expanduser()
+    path = user_path(path, "import")
     if not path.is_file():
         raise BadInput(f"{path} is not a file")
     mirror = LocalMirror(path=path.resolve())
@@ -237,12 +239,20 @@ def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: reques
     if problem is not None:
         got.path.unlink(missing_ok=True)
         raise MirrorFailed("hash mismatch", problem[1])
-    path = store.cache.store(artifact, got, pin=pin)
+    path = store.cache.store(artifact, got, pin=pin, source_mode=_mode_of(source.local_path))
     if pin == TOFU:
         log.warning(f"{artifact.name} has no published sha256: recorded {got.sha256} as {TOFU}")
     outcome = Outcome(mirror.describe(), mirror.type, "ok", pin)
     return Fetched(path, got.size, got.sha256, got.md5, source.label, name=artifact.name, outcomes=[outcome],
                    pinned=artifact.sha256 is not None, pin=pin)
+
+
+def _mode_of(path: Optional[Path]) -> Optional[int]:
+    """The permission bits of a local mirror's file (None for a download, or a file gone meanwhile)."""
+    try:
+        return None if path is None else stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return None
 
 
 def _detail(err: MirrorFailed, mirror: MirrorBase) -> str:

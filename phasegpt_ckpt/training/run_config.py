@@ -22,6 +22,7 @@ from pydantic import (
 
 from model import GPT2Config
 from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.training import configs
 from phasegpt_ckpt.yamlio import read_yaml
 
@@ -58,7 +59,7 @@ class LoggingSection(_Section):
 
 class ExperimentSection(_Section):
     name: str = "phasegpt"
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=2**63 - 1 - 10**6)  # as generate --seed: torch takes 64 bits, offsets add to it
 
 
 class RunConfig(BaseModel):
@@ -124,7 +125,7 @@ def load_config(ref: str | Path) -> RunConfig:
     >>> load_config("phase_a_winner").model["phase_layer_idx"]
     [7]
     """
-    path = Path(ref).expanduser()
+    path = user_path(ref, "--config")
     if not path.is_file():
         shipped = configs.DIR / f"{ref}.yaml"
         if not shipped.is_file():
