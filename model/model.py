@@ -43,6 +43,13 @@ CONFIG_NAME = "config.json"  # what save_pretrained writes: GPT2Config.to_dict()
 WEIGHTS_NAME = "model.safetensors"  # ... and the state dict, the tied head stored once; never a pickle
 
 
+# Upper bounds on the sizes a config may claim, far above any PhaseGPT run (the published model: vocab 65,
+# d_model 768, 12 layers, 512 positions), so a config from an untrusted file cannot make the model allocate
+# terabytes: the causal mask alone is max_seq_len**2 floats.
+SIZE_LIMITS = {"vocab_size": 2**20, "d_model": 2**14, "n_layers": 1024, "n_heads": 1024, "d_ff": 2**16,
+               "max_seq_len": 2**14, "num_oscillators": 2**12, "phase_iterations": 10**4}
+
+
 @dataclass
 class GPT2Config:
     """Hyperparameters of a PhaseGPT model; the defaults are the Phase A runs'.
@@ -81,11 +88,12 @@ class GPT2Config:
         self._validate()
 
     def _validate(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
-                     "num_oscillators", "phase_iterations"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
+            if value > limit:  # checked before any tensor is allocated: a claimed size is not trusted
+                raise ValueError(f"model config {name} {value} is over the limit of {limit}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
