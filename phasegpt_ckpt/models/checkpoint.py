@@ -462,7 +462,8 @@ def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: 
     embedding = state.get("token_embedding.weight")
     file_width = embedding.shape[-1] if embedding is not None and embedding.dim() == 2 else config.d_model
     if "token_embedding.weight" in wrong and embedding.shape[0] != config.vocab_size:
-        causes.append(f"vocab (the file has {embedding.shape[0]} characters, the config vocab_size {config.vocab_size})")
+        causes.append(f"vocab (the file has {embedding.shape[0]} characters, "
+                      f"the config vocab_size {config.vocab_size})")
     if "position_embedding.weight" in wrong:
         causes.append(f"max_seq_len (the file has {state['position_embedding.weight'].shape[0]} positions)")
     if file_width != config.d_model:
