@@ -163,3 +163,31 @@ def test_a_local_path_no_system_call_takes_is_one_line_naming_the_field(run_cli,
         line = one_error_line(*run_cli("--manifest", manifest, command)[::2], 2)
         assert str(manifest) in line or manifest.name in line, line
         assert f"artifacts.corpus.mirrors.0.local.path: {words}" in line, line
+
+
+# -- a from_pretrained folder's config.json -----------------------------------------------------------
+
+@pytest.mark.parametrize("content, words", [
+    (b'{"vocab_size": ' + b"6" * 5000 + b"}", "not a JSON model config (ValueError)"),
+    (b"[" * 30_000 + b"]" * 30_000, "not a JSON model config (RecursionError)"),
+    (b'{"d_model": "\xff"}', "not a JSON model config (UnicodeDecodeError)"),
+    ("HUGE", "over 64 KiB"),
+    ("EVERY-SIZE-BELOW-ITS-LIMIT", "over the limit of 4.3e+09"),
+], ids=["5000-digits", "deep-nesting", "not-utf8", "huge-file", "a-model-of-terabytes"])
+def test_a_hostile_config_json_is_refused_before_any_weight(tmp_path, content, words):
+    from model import GPT2Model
+
+    folder = tmp_path / "tiny"
+    tiny_model().save_pretrained(folder)
+    config = folder / "config.json"
+    if content == "HUGE":
+        with open(config, "wb") as file:
+            file.truncate(10**9)  # sparse: no disk used, and never read past its cap
+    elif content == "EVERY-SIZE-BELOW-ITS-LIMIT":  # 1024 layers of 16384² causal masks: 1 TiB
+        config.write_text(json.dumps({**tiny_model().config.to_dict(), "n_layers": 1024, "max_seq_len": 16384,
+                                      "phase_layer_idx": [1]}))
+    else:
+        config.write_bytes(content)
+    with pytest.raises(ValueError) as refused:
+        GPT2Model.from_pretrained(folder)
+    assert words in str(refused.value) and str(config) in str(refused.value) and "\n" not in str(refused.value)
