@@ -146,21 +146,28 @@ def checkpoint_changes(draw):
     """A list of (where, key, value): top-level entries, weights and model-config settings replaced."""
     top = st.tuples(st.just("top"), st.sampled_from(["vocab", "schedule", "config", "epoch", "global_step",
                                                      "coupling_mode", "model_state_dict", "best_val_ppl"]), values)
-    weight = st.tuples(st.just("weights"), st.sampled_from(["token_embedding.weight", "ln_f.weight",
-                                                            "blocks.0.attention.causal_mask", "extra"]), values)
+    weight = st.tuples(st.just("weights"), st.sampled_from([
+        "token_embedding.weight", "position_embedding.weight", "ln_f.weight", "blocks.0.attention.causal_mask",
+        "blocks.0.ffn.0.weight", "blocks.1.attention.natural_freq", "blocks.7.attention.natural_freq",
+        "blocks." + "9" * 5000 + ".ffn.0.weight", "blocks.99999999999999.ln1.weight", "extra"]), values)
     setting = st.tuples(st.just("model"), st.sampled_from(["vocab_size", "d_model", "n_layers", "n_heads", "d_ff",
                                                            "max_seq_len", "num_oscillators", "phase_layer_idx"]),
                         config_numbers)
-    return draw(st.lists(top | weight | setting, min_size=1, max_size=3))
+    bare = st.tuples(st.just("bare"), st.none(), st.none())  # the weights alone, as a bare state dict
+    return draw(st.lists(top | weight | setting | bare, min_size=1, max_size=3))
 
 
 def apply(checkpoint: dict, changes) -> object:
     checkpoint = copy.deepcopy(checkpoint)
     for where, key, value in changes:
+        if not isinstance(checkpoint, dict):  # a bare state dict became something else already
+            break
         if where == "top":
             checkpoint[key] = value
-        elif where == "weights" and isinstance(checkpoint.get("model_state_dict"), dict):
-            checkpoint["model_state_dict"][key] = value
+        elif where == "bare":
+            checkpoint = checkpoint.get("model_state_dict", checkpoint)
+        elif isinstance(weights := checkpoint.get("model_state_dict", checkpoint), dict) and where == "weights":
+            weights[key] = value
         elif where == "model" and isinstance(checkpoint.get("config"), dict) \
                 and isinstance(checkpoint["config"].get("model"), dict):
             checkpoint["config"]["model"][key] = value

@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_FIELDS = ("epoch", "global_step", "best_val_loss", "best_val_ppl")
 SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our converter writes
-BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+BLOCK_KEY = re.compile(r"blocks\.([0-9]{1,6})\.")  # a longer number is no layer of any model (and no int to read)
 BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
 TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
 
@@ -372,15 +372,16 @@ def infer_config(state: dict[str, torch.Tensor], given: Optional[dict] = None) -
         max_seq_len = state["position_embedding.weight"].shape[0]
         n_layers = 1 + max(int(m.group(1)) for k in state if (m := BLOCK_KEY.match(k)))
         d_ff = state["blocks.0.ffn.0.weight"].shape[0]
-    except (KeyError, ValueError):
-        raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding "
-                       "or blocks.0.ffn are missing") from None
-    phase_layers = [i for i in range(n_layers) if f"blocks.{i}.attention.natural_freq" in state]
-    settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
-                    use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
-    if phase_layers:
-        n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
-        settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+        phase_layers = sorted(int(m.group(1)) for k in state
+                              if k.endswith(".attention.natural_freq") and (m := BLOCK_KEY.match(k)))
+        settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
+                        use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
+        if phase_layers:
+            n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
+            settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+    except (KeyError, ValueError, IndexError):  # missing, or of another number of dimensions
+        raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding, "
+                       "blocks.0.ffn or a phase layer's natural_freq are missing or of another shape") from None
     given = dict(given or {})
     if "n_heads" not in settings and "n_heads" not in given:
         raise BadInput("a bare state dict without phase layers does not tell n_heads; pass --config FILE "
@@ -459,13 +460,12 @@ def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: 
         freq = next(state[k].shape for k in state if k.endswith("natural_freq"))
         causes.append(f"num_oscillators or n_heads (the file's natural_freq is {list(freq)}, "
                       f"the config's [{config.n_heads}, {config.num_oscillators}])")
-    embedding = state.get("token_embedding.weight")
-    file_width = embedding.shape[-1] if embedding is not None and embedding.dim() == 2 else config.d_model
-    if "token_embedding.weight" in wrong and embedding.shape[0] != config.vocab_size:
-        causes.append(f"vocab (the file has {embedding.shape[0]} characters, "
-                      f"the config vocab_size {config.vocab_size})")
-    if "position_embedding.weight" in wrong:
-        causes.append(f"max_seq_len (the file has {state['position_embedding.weight'].shape[0]} positions)")
+    embedding, positions = state.get("token_embedding.weight"), state.get("position_embedding.weight")
+    vocab, file_width = embedding.shape if embedding is not None and embedding.dim() == 2 else (None, config.d_model)
+    if vocab is not None and vocab != config.vocab_size:
+        causes.append(f"vocab (the file has {vocab} characters, the config vocab_size {config.vocab_size})")
+    if "position_embedding.weight" in wrong and positions.dim() == 2:
+        causes.append(f"max_seq_len (the file has {positions.shape[0]} positions)")
     if file_width != config.d_model:
         causes.append(f"d_model (the file's is {file_width}, the config's {config.d_model})")
     elif any(".ffn." in k for k in wrong):
