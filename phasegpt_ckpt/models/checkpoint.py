@@ -46,7 +46,6 @@ from phasegpt_ckpt.errors import BadInput, VerificationFailed
 from phasegpt_ckpt.models.data import CharDataset, corpus_or_bundled
 from phasegpt_ckpt.models.device import pick_device
 from phasegpt_ckpt.models.formats import sniff
-from phasegpt_ckpt.source.manifest import first_error
 from phasegpt_ckpt.training.schedule import schedule_note
 from phasegpt_ckpt.yamlio import read_yaml
 
@@ -231,8 +230,9 @@ def _read(path: Path) -> _Contents:
     contents = _read_safetensors(path) if sniffed.kind == "safetensors" else _unpickle(path)
     try:
         _Extras.model_validate(contents.extras)
-    except ValidationError as err:
-        raise BadInput(f"{path} is not a usable checkpoint: its entry {first_error(err)}") from None
+    except ValidationError as err:  # the entry's name and the first problem (a union's member names left out)
+        problem = err.errors()[0]
+        raise BadInput(f"{path} is not a usable checkpoint: its entry {problem['loc'][0]}: {problem['msg']}") from None
     return contents
 
 
