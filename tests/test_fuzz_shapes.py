@@ -145,7 +145,8 @@ def tiny_ours(corpus_path) -> dict:
 def checkpoint_changes(draw):
     """A list of (where, key, value): top-level entries, weights and model-config settings replaced."""
     top = st.tuples(st.just("top"), st.sampled_from(["vocab", "schedule", "config", "epoch", "global_step",
-                                                     "coupling_mode", "model_state_dict", "best_val_ppl"]), values)
+                                                     "coupling_mode", "model_state_dict", "best_val_ppl", "metrics",
+                                                     "provenance", "training_time_s"]), values)
     weight = st.tuples(st.just("weights"), st.sampled_from([
         "token_embedding.weight", "position_embedding.weight", "ln_f.weight", "blocks.0.attention.causal_mask",
         "blocks.0.ffn.0.weight", "blocks.1.attention.natural_freq", "blocks.7.attention.natural_freq",

@@ -64,6 +64,12 @@ UNUSABLE = {
     "a-weight-that-is-a-number": (weights(lambda s: {**s, "ln_f.weight": 5}), "weight 'ln_f.weight' is a int"),
     "an-extra-non-tensor": (weights(lambda s: {**s, "extra": [1, 2]}), "weight 'extra' is a list"),
     "a-weight-named-by-a-number": (weights(lambda s: {**s, 7: torch.zeros(1)}), "named by a int"),
+    "config-a-string": (lambda c: c.update(config="gpt2"), "entry config"),
+    "config-data-a-list": (lambda c: c["config"].update(data=["shakespeare"]), "entry config"),
+    "schedule-extension-deep": (lambda c: c.update(schedule={"extensions": [[[[]]]]}), "entry schedule"),
+    "metrics-a-list": (lambda c: c.update(metrics=[4.85]), "entry metrics"),
+    "provenance-a-list": (lambda c: c.update(provenance=["H100"]), "entry provenance"),
+    "training-time-a-word": (lambda c: c.update(training_time_s="long"), "entry training_time_s"),
 }
 
 
@@ -92,6 +98,15 @@ def test_a_safetensors_file_marked_as_ours_with_bad_metadata_is_one_line(run_cli
     for command in ("verify", "config"):
         code, _, err = run_cli(command, path)
         assert words in one_error_line(code, err, 1 if command == "verify" else 2)
+
+
+@pytest.mark.parametrize("metrics", [{"val_ppl": "low"}, {"val_loss": [1.5]}])
+def test_publish_of_metrics_that_are_no_numbers_is_one_line(run_cli, tmp_path, ours, metrics):
+    path = tmp_path / "hostile.pt"
+    torch.save(changed(ours, lambda c: c.update(metrics=metrics)), path)
+    line = one_error_line(*run_cli("publish", path, "--name", "hostile", "--to", tmp_path / "lab")[::2], 2)
+    assert f"the checkpoint's {next(iter(metrics))} is not a number" in line, line
+    assert not (tmp_path / "hostile_info.json").exists() and not (tmp_path / "lab").exists()
 
 
 # -- what the weights are: refused before the model is built --------------------------------------

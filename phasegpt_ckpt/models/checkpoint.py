@@ -84,6 +84,36 @@ class LoadedCheckpoint:
         return next(self.model.parameters()).device
 
 
+class _Extension(BaseModel):
+    """One stretch of the schedule by ``resume --epochs`` (what ``info`` reports)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    from_epochs: int
+    to_epochs: int
+    at_step: int
+
+
+class _Schedule(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    planned_epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    warmup_steps: Optional[int] = None
+    total_steps: Optional[int] = None
+    extensions: Optional[list[_Extension]] = None
+
+
+class _Config(BaseModel):
+    """The YAML config sections a checkpoint carries; those read must be mappings."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Optional[dict] = None
+    data: Optional[dict] = None
+    training: Optional[dict] = None
+
+
 class _Extras(BaseModel):
     """The entries beside the weights that the tool reads, in the types it reads them; the rest pass as they are.
 
@@ -100,7 +130,12 @@ class _Extras(BaseModel):
     coupling_mode: Optional[str] = None
     epoch: Optional[StrictInt] = None
     global_step: Optional[StrictInt] = None
-    schedule: Optional[dict] = None
+    schedule: Optional[_Schedule] = None
+    config: Optional[_Config] = None
+    metrics: Optional[dict] = None
+    provenance: Optional[dict] = None
+    training_time_s: Optional[float] = None
+    tool_version: Optional[str] = None
 
 
 @dataclass

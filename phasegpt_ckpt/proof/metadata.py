@@ -225,7 +225,11 @@ def _validation_fields(row: dict) -> dict[str, Any]:
     fields = {}
     for field, key in VALIDATION_FIELDS.items():
         value = row.get(key)
-        fields[field] = value if value is None or isinstance(value, int) else round(float(value), DIGITS)
+        try:
+            fields[field] = value if value is None or isinstance(value, int) else round(float(value), DIGITS)
+        except (TypeError, ValueError):  # a checkpoint's metrics hold anything its writer put there
+            raise BadInput(f"the checkpoint's {key} is not a number: {type(value).__name__} "
+                           f"{str(value)[:40]!r}") from None
     return fields
 
 
