@@ -12,6 +12,7 @@ provider cannot serve the file. The transfer engine then moves the bytes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,10 @@ AllowedUrl = Annotated[str, AfterValidator(web.allowed_url)]
 # A provider's base URL (scheme, host and port), None meaning its public service.
 Endpoint = Annotated[Optional[AllowedUrl], AfterValidator(lambda url: url and url.rstrip("/"))]
 Answer = TypeVar("Answer", bound=BaseModel)
+# How pydantic names our models in its errors (a union member in a location, "or instance of _Entry" in a
+# message): left out of what a person reads. The fields we read are all lower case.
+MODEL_NAME = re.compile(r"_?[A-Z]\w*|\w+\[.*\]")
+MODEL_INSTANCE = re.compile(r" or instance of _?[A-Z]\w*")
 
 
 class MirrorBase(BaseModel):
@@ -123,13 +128,14 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
 def parse_answer(model: type[Answer], document: Any, what: str) -> Answer:
     """A provider's JSON ``document`` read into the pydantic ``model`` of the parts we use; any other shape
     (a list for an object, a size as a string, a checksum as a number) is this mirror's one-line failure."""
-    from phasegpt_ckpt.source.manifest import first_error  # the manifest imports the mirrors
-
     try:
         return model.model_validate(document)
     except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if not MODEL_NAME.fullmatch(str(part)))
+        problem = MODEL_INSTANCE.sub("", first["msg"]).lower()
         raise MirrorFailed("bad answer", f"{what}: the answer is not in the shape the API documents "
-                                         f"({web.scrub(first_error(err))[:200]})") from None
+                                         f"({web.scrub(where)[:100] or 'the document'}: {problem})") from None
 
 
 def _error_detail(response: requests.Response) -> str:
