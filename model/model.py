@@ -39,8 +39,17 @@ COUPLING_MODES = ("original", "causal")
 # accepted so that GPT2Model(**checkpoint["config"]["model"]) works, recorded, and change nothing.
 IGNORED_KEYS = ("type", "natural_freq", "dt", "n_sync_steps")
 DT = 0.1  # Euler step of the published phase layer, whatever the YAML's `dt` says
+MAX_CONFIG_BYTES = 2**16  # a config.json is a few hundred bytes
 CONFIG_NAME = "config.json"  # what save_pretrained writes: GPT2Config.to_dict() ...
 WEIGHTS_NAME = "model.safetensors"  # ... and the state dict, the tied head stored once; never a pickle
+
+
+# Upper bounds on the sizes a config may claim, far above any PhaseGPT run (the published model: vocab 65,
+# d_model 768, 12 layers, 512 positions), so a config from an untrusted file cannot make the model allocate
+# terabytes: the causal mask alone is max_seq_len**2 floats.
+SIZE_LIMITS = {"vocab_size": 2**20, "d_model": 2**14, "n_layers": 1024, "n_heads": 1024, "d_ff": 2**16,
+               "max_seq_len": 2**14, "num_oscillators": 2**12, "phase_iterations": 10**4}
+MAX_NUMBERS = 2**32  # weights and causal masks together (16 GiB in float32); GPT-2 XL has 1.5e9 parameters
 
 
 @dataclass
@@ -81,11 +90,16 @@ class GPT2Config:
         self._validate()
 
     def _validate(self):
-        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "max_seq_len",
-                     "num_oscillators", "phase_iterations"):
+        for name, limit in SIZE_LIMITS.items():
             value = getattr(self, name)
             if not _is_int(value) or value < 1:
                 raise ValueError(f"model config {name} must be a positive integer, got {value!r}")
+            if value > limit:  # checked before any tensor is allocated: a claimed size is not trusted
+                raise ValueError(f"model config {name} {value} is over the limit of {limit}")
+        numbers = self._numbers()
+        if numbers > MAX_NUMBERS:
+            raise ValueError(f"model config describes a model of about {numbers:.1e} numbers (weights and causal "
+                             f"masks), over the limit of {MAX_NUMBERS:.1e}")
         if self.d_model % self.n_heads:
             raise ValueError(f"model config d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if not _is_number(self.dropout) or not 0 <= self.dropout < 1:
@@ -107,6 +121,16 @@ class GPT2Config:
             raise ValueError(f"model config phase_layer_idx {self.phase_layer_idx} repeats a layer")
         if self.use_phase_attention and not self.phase_layer_idx:
             raise ValueError("model config use_phase_attention is true but phase_layer_idx names no layer")
+
+    def _numbers(self) -> int:
+        """About how many numbers a model of this config allocates: embeddings, each layer's attention and
+        FFN weights and its max_seq_len² causal mask.
+
+        >>> GPT2Config()._numbers() > 85_000_000
+        True
+        """
+        per_layer = 4 * self.d_model**2 + 2 * self.d_model * self.d_ff + self.max_seq_len**2
+        return (self.vocab_size + self.max_seq_len) * self.d_model + self.n_layers * per_layer
 
     @property
     def phase_layers(self) -> list[int]:
@@ -138,11 +162,14 @@ class GPT2Config:
 
 def _read_config(path: str | os.PathLike) -> GPT2Config:
     """The GPT2Config a ``config.json`` from ``save_pretrained`` holds; ValueError naming the file otherwise."""
+    with open(path, "rb") as f:
+        raw = f.read(MAX_CONFIG_BYTES + 1)  # never more: the file came from a Hub repository, any size
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ValueError(f"{path} is over {MAX_CONFIG_BYTES // 1024} KiB: not a model config")
     try:
-        with open(path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not a JSON model config: {err}") from None
+        d = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # not UTF-8, not JSON, a number of 5000 digits, nested too deep
+        raise ValueError(f"{path} is not a JSON model config ({type(err).__name__})") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path} must hold a JSON object of model settings, not {type(d).__name__}")
     missing = [f.name for f in fields(GPT2Config) if f.init and f.name not in d]

@@ -32,10 +32,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import torch
 import yaml
+from pydantic import BaseModel, ConfigDict, StrictInt, ValidationError
 from safetensors import safe_open
 from safetensors.torch import save_model
 
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 
 TRAINING_FIELDS = ("epoch", "global_step", "best_val_loss", "best_val_ppl")
 SAFETENSORS_FORMAT = "phasegpt-ckpt"  # the ``format`` entry of the metadata our converter writes
-BLOCK_KEY = re.compile(r"blocks\.(\d+)\.")
+BLOCK_KEY = re.compile(r"blocks\.([0-9]{1,6})\.")  # a longer number is no layer of any model (and no int to read)
 BUFFERS = (".attention.causal_mask", ".attention.last_R_param")  # state-dict entries that are no parameters (§1)
 TIED = {"lm_head.weight": "token_embedding.weight"}  # the LM head IS the token embedding (§1)
 
@@ -81,6 +82,60 @@ class LoadedCheckpoint:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+
+class _Extension(BaseModel):
+    """One stretch of the schedule by ``resume --epochs`` (what ``info`` reports)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    from_epochs: int
+    to_epochs: int
+    at_step: int
+
+
+class _Schedule(BaseModel):
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    planned_epochs: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    warmup_steps: Optional[int] = None
+    total_steps: Optional[int] = None
+    extensions: Optional[list[_Extension]] = None
+
+
+class _Config(BaseModel):
+    """The YAML config sections a checkpoint carries; those read must be mappings."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    model: Optional[dict] = None
+    data: Optional[dict] = None
+    training: Optional[dict] = None
+
+
+class _Extras(BaseModel):
+    """The entries beside the weights that the tool reads, in the types it reads them; the rest pass as they are.
+
+    >>> _Extras.model_validate({"vocab": 65})
+    Traceback (most recent call last):
+    ...
+    pydantic_core._pydantic_core.ValidationError: 2 validation errors for _Extras
+    ...
+    """
+
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    vocab: Optional[Union[str, list[str]]] = None
+    coupling_mode: Optional[str] = None
+    epoch: Optional[StrictInt] = None
+    global_step: Optional[StrictInt] = None
+    schedule: Optional[_Schedule] = None
+    config: Optional[_Config] = None
+    metrics: Optional[dict] = None
+    provenance: Optional[dict] = None
+    training_time_s: Optional[float] = None
+    tool_version: Optional[str] = None
 
 
 @dataclass
@@ -141,7 +196,13 @@ def build_model(config: GPT2Config, state: dict[str, torch.Tensor], *, name: str
 
     Tied parameters (the LM head and the token embedding) are tied again afterwards: ``assign``
     would otherwise give each name its own Parameter, which training would then update apart.
+    The config must agree with the weights' main shapes before the model is built, so a config claiming
+    more than the file holds allocates nothing; weights that are not floating point, or not finite,
+    are refused.
     """
+    tied_kept_once = {kept: state[head] for head, kept in TIED.items() if head in state}  # a safetensors file's
+    _check_fit(_main_shapes(config), {**tied_kept_once, **state}, config, name, complete=False)
+    _check_values(state, name)
     with _InitialisersSkipped():
         model = GPT2Model(config=config)
     ties = _tied_names(model)
@@ -151,7 +212,7 @@ def build_model(config: GPT2Config, state: dict[str, torch.Tensor], *, name: str
         for n in names:
             if present is not None and n not in state:
                 state[n] = state[present]
-    _check_fit(model, state, config, name)
+    _check_fit({k: v.shape for k, v in model.state_dict().items()}, state, config, name)
     for names in ties:
         first = state[names[0]]
         if any(not torch.equal(first, state[n]) for n in names[1:]):
@@ -201,8 +262,17 @@ def _read(path: Path) -> _Contents:
     sniffed = sniff(path)
     if sniffed.problem is not None:
         raise BadInput(sniffed.problem)
-    if sniffed.kind == "safetensors":
-        return _read_safetensors(path)
+    contents = _read_safetensors(path) if sniffed.kind == "safetensors" else _unpickle(path)
+    try:
+        _Extras.model_validate(contents.extras)
+    except ValidationError as err:  # the entry's name and the first problem (a union's member names left out)
+        problem = err.errors()[0]
+        raise BadInput(f"{path} is not a usable checkpoint: its entry {problem['loc'][0]}: {problem['msg']}") from None
+    return contents
+
+
+def _unpickle(path: Path) -> _Contents:
+    """A ``torch.save`` file, weights-only (a pickle that would run code is refused, naming what it imports)."""
     try:
         obj = torch.load(path, weights_only=True, mmap=True, map_location="cpu")
     except pickle.UnpicklingError as err:
@@ -221,11 +291,29 @@ def _contents_of(obj: Any, path: Path) -> _Contents:
     if isinstance(obj, dict) and isinstance(obj.get("model_state_dict"), dict):
         extras = {k: v for k, v in obj.items() if k != "model_state_dict"}
         ours = "vocab" in extras or "coupling_mode" in extras
-        return _Contents("phasegpt-ckpt" if ours else "phasegpt", obj["model_state_dict"], extras)
+        return _Contents("phasegpt-ckpt" if ours else "phasegpt", _weights(obj["model_state_dict"], path), extras)
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return _Contents("state_dict", obj, {})
+        return _Contents("state_dict", _weights(obj, path), {})
     keys = ", ".join(map(str, list(obj)[:6])) if isinstance(obj, dict) else type(obj).__name__
     raise BadInput(f"{path} holds neither a model_state_dict nor model weights (found: {keys})")
+
+
+def _weights(state: dict, path: Path) -> dict[str, torch.Tensor]:
+    """``state`` if it maps names to tensors (what a state dict is); one line naming the first entry that does not.
+
+    >>> _weights({"a.weight": 3}, Path("x.pt"))
+    Traceback (most recent call last):
+    ...
+    phasegpt_ckpt.errors.BadInput: x.pt is not a usable checkpoint: its weight 'a.weight' is a int, not a tensor
+    """
+    for key, value in state.items():
+        if not isinstance(key, str):
+            raise BadInput(f"{path} is not a usable checkpoint: its weights are named by a {type(key).__name__} "
+                           f"({str(key)[:40]!r}), not a parameter name")
+        if not isinstance(value, torch.Tensor):
+            raise BadInput(f"{path} is not a usable checkpoint: its weight {key[:80]!r} is a "
+                           f"{type(value).__name__}, not a tensor")
+    return state
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -253,9 +341,21 @@ def _read_safetensors(path: Path) -> _Contents:
         raise BadInput(f"{path} is not a readable safetensors file: {reason}") from None
     if metadata.get("format") != SAFETENSORS_FORMAT:
         return _Contents("state_dict", state, {})
-    extras = {key: json.loads(metadata[key]) for key in ("config", "vocab", "training") if key in metadata}
-    extras.update(extras.pop("training", {}))
-    return _Contents("safetensors", state, extras)
+    extras = {key: _metadata_json(metadata[key], key, path) for key in ("config", "vocab", "training")
+              if key in metadata}
+    training = extras.pop("training", {})
+    if not isinstance(training, dict):
+        raise BadInput(f"{path} is not a usable checkpoint: its safetensors metadata 'training' is not a JSON object")
+    return _Contents("safetensors", state, {**extras, **training})
+
+
+def _metadata_json(text: str, key: str, path: Path) -> Any:
+    """One entry of the metadata :func:`convert` writes, decoded (the header's size is bounded by safetensors)."""
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as err:  # not JSON, a number of 5000 digits, nested past the stack
+        raise BadInput(f"{path} is not a usable checkpoint: its safetensors metadata {key!r} is not readable JSON "
+                       f"({type(err).__name__})") from None
 
 
 def _resolve_config(contents: _Contents, given) -> tuple[GPT2Config, dict, list[str]]:
@@ -307,15 +407,16 @@ def infer_config(state: dict[str, torch.Tensor], given: Optional[dict] = None) -
         max_seq_len = state["position_embedding.weight"].shape[0]
         n_layers = 1 + max(int(m.group(1)) for k in state if (m := BLOCK_KEY.match(k)))
         d_ff = state["blocks.0.ffn.0.weight"].shape[0]
-    except (KeyError, ValueError):
-        raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding "
-                       "or blocks.0.ffn are missing") from None
-    phase_layers = [i for i in range(n_layers) if f"blocks.{i}.attention.natural_freq" in state]
-    settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
-                    use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
-    if phase_layers:
-        n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
-        settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+        phase_layers = sorted(int(m.group(1)) for k in state
+                              if k.endswith(".attention.natural_freq") and (m := BLOCK_KEY.match(k)))
+        settings = dict(vocab_size=vocab_size, d_model=d_model, n_layers=n_layers, d_ff=d_ff, max_seq_len=max_seq_len,
+                        use_phase_attention=bool(phase_layers), phase_layer_idx=phase_layers)
+        if phase_layers:
+            n_heads, num_oscillators = state[f"blocks.{phase_layers[0]}.attention.natural_freq"].shape
+            settings.update(n_heads=n_heads, num_oscillators=num_oscillators)
+    except (KeyError, ValueError, IndexError):  # missing, or of another number of dimensions
+        raise BadInput("these weights are not a PhaseGPT model: token_embedding, position_embedding, "
+                       "blocks.0.ffn or a phase layer's natural_freq are missing or of another shape") from None
     given = dict(given or {})
     if "n_heads" not in settings and "n_heads" not in given:
         raise BadInput("a bare state dict without phase layers does not tell n_heads; pass --config FILE "
@@ -336,12 +437,38 @@ def infer_config(state: dict[str, torch.Tensor], given: Optional[dict] = None) -
     return config, notes
 
 
-def _check_fit(model: GPT2Model, state: dict[str, torch.Tensor], config: GPT2Config, name: str) -> None:
-    """One line naming missing/unexpected keys and wrong shapes, and the config setting likely at fault."""
-    expected = {k: v.shape for k, v in model.state_dict().items()}
+def _main_shapes(config: GPT2Config) -> dict[str, tuple[int, ...]]:
+    """The shapes of the tensors that size every other one (embeddings, each block's FFN), from ``config`` alone.
+
+    >>> _main_shapes(GPT2Config(vocab_size=65, d_model=32, n_layers=1, n_heads=2, max_seq_len=64))
+    {'token_embedding.weight': (65, 32), 'position_embedding.weight': (64, 32), 'blocks.0.ffn.0.weight': (128, 32)}
+    """
+    return {"token_embedding.weight": (config.vocab_size, config.d_model),
+            "position_embedding.weight": (config.max_seq_len, config.d_model),
+            **{f"blocks.{i}.ffn.0.weight": (config.d_ff, config.d_model) for i in range(config.n_layers)}}
+
+
+def _check_values(state: dict[str, torch.Tensor], name: str) -> None:
+    """Weights must be floating point and finite: int8 weights are quantised for another runtime, and a NaN
+    would only come out as a NaN loss after minutes of evaluation (or break the tied-weights check)."""
+    for key, tensor in state.items():
+        if not tensor.is_floating_point():
+            raise BadInput(f"{name}: weight {key} is {str(tensor.dtype).removeprefix('torch.')}; PhaseGPT weights "
+                           "are floating point (float32, float16 or bfloat16): dequantise them first")
+    for key, tensor in state.items():
+        bad = tensor.numel() - int(torch.isfinite(tensor).sum())
+        if bad:
+            raise VerificationFailed(f"{name}: weight {key} holds {bad} NaN or infinite values of {tensor.numel()}: "
+                                     "the weights are broken (a diverged run?) and cannot be evaluated")
+
+
+def _check_fit(expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], config: GPT2Config, name: str,
+               *, complete: bool = True) -> None:
+    """One line naming missing/unexpected keys and wrong shapes, and the config setting likely at fault;
+    ``complete=False`` when ``expected`` names only some of the model's tensors (no key is then unexpected)."""
     missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong = [k for k in expected if k in state and state[k].shape != expected[k]]
+    unexpected = [k for k in state if k not in expected] if complete else []
+    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k])]
     if not (missing or unexpected or wrong):
         return
     parts = [f"{label} {_some(keys)}" for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
@@ -368,15 +495,16 @@ def _likely_causes(misplaced: list[str], wrong: list[str], state: dict, config: 
         freq = next(state[k].shape for k in state if k.endswith("natural_freq"))
         causes.append(f"num_oscillators or n_heads (the file's natural_freq is {list(freq)}, "
                       f"the config's [{config.n_heads}, {config.num_oscillators}])")
-    if "token_embedding.weight" in wrong:
-        causes.append(f"vocab (the file has {state['token_embedding.weight'].shape[0]} characters, "
-                      f"the config vocab_size {config.vocab_size})")
-    if "position_embedding.weight" in wrong:
-        causes.append(f"max_seq_len (the file has {state['position_embedding.weight'].shape[0]} positions)")
-    if any(".ffn." in k for k in wrong) and "ln_f.weight" not in wrong:
+    embedding, positions = state.get("token_embedding.weight"), state.get("position_embedding.weight")
+    vocab, file_width = embedding.shape if embedding is not None and embedding.dim() == 2 else (None, config.d_model)
+    if vocab is not None and vocab != config.vocab_size:
+        causes.append(f"vocab (the file has {vocab} characters, the config vocab_size {config.vocab_size})")
+    if "position_embedding.weight" in wrong and positions.dim() == 2:
+        causes.append(f"max_seq_len (the file has {positions.shape[0]} positions)")
+    if file_width != config.d_model:
+        causes.append(f"d_model (the file's is {file_width}, the config's {config.d_model})")
+    elif any(".ffn." in k for k in wrong):
         causes.append("d_ff")
-    if "ln_f.weight" in wrong:
-        causes.append(f"d_model (the file's is {state['ln_f.weight'].shape[0]})")
     return causes
 
 

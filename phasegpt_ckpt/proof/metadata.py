@@ -42,6 +42,7 @@ DIGITS = 4  # measured numbers are rounded to this in the JSON and in manifest c
 # The measured fields, named as a metrics row (Trainer.validate, Measurement.summary) names them.
 VALIDATION_FIELDS = {"validation_ppl": "val_ppl", "validation_loss": "val_loss", "order_parameter_R": "R",
                      "order_parameter_R_std": "R_std", "validation_tokens": "val_tokens"}
+MAX_BYTES = 2**20  # the seed's metadata JSON is under 1 KB; a file this large is something else
 MAX_DEPTH = 32  # the seed's JSON is flat; junk nested deeper would overflow whatever serializes or prints it
 
 
@@ -130,15 +131,27 @@ def load_metadata(path: str | Path) -> CheckpointInfo:
     """
     path = Path(path)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        with open(path, "rb") as file:
+            raw = file.read(MAX_BYTES + 1)  # never more: the file may be anything, of any size
     except FileNotFoundError:
         raise BadInput(f"metadata file {path} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+    except OSError as err:
+        raise BadInput(f"metadata file {path} is not readable ({err.strerror or type(err).__name__})") from None
+    if len(raw) > MAX_BYTES:
+        raise BadInput(f"metadata file {path} is over {MAX_BYTES // 2**20} MiB: not a checkpoint's metadata JSON")
+    try:  # ValueError: not UTF-8, not JSON, or a number too long for Python's int (over 4300 digits)
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
         raise BadInput(f"metadata file {path} is not readable JSON ({type(err).__name__})") from None
     if not isinstance(data, dict):
         raise BadInput(f"metadata file {path} must hold a JSON object")
     if _deeper_than(data, MAX_DEPTH):
         raise BadInput(f"metadata file {path} is nested more than {MAX_DEPTH} levels deep")
+    try:
+        json.dumps(data, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:  # "\\ud800" reads as a lone surrogate, which no terminal or file can take
+        raise BadInput(f"metadata file {path} holds text that is not Unicode "
+                       "(an unpaired \\uD800-\\uDFFF escape)") from None
     try:
         return CheckpointInfo.model_validate(data)
     except ValidationError as err:
@@ -212,7 +225,11 @@ def _validation_fields(row: dict) -> dict[str, Any]:
     fields = {}
     for field, key in VALIDATION_FIELDS.items():
         value = row.get(key)
-        fields[field] = value if value is None or isinstance(value, int) else round(float(value), DIGITS)
+        try:
+            fields[field] = value if value is None or isinstance(value, int) else round(float(value), DIGITS)
+        except (TypeError, ValueError):  # a checkpoint's metrics hold anything its writer put there
+            raise BadInput(f"the checkpoint's {key} is not a number: {type(value).__name__} "
+                           f"{str(value)[:40]!r}") from None
     return fields
 
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import logging
 import os
 import random
@@ -391,3 +392,35 @@ class _Rerouted(HTTPAdapter):
         parts = urlsplit(request.url)
         request.url = self.endpoint + parts.path + (f"?{parts.query}" if parts.query else "")
         return super().send(request, **kwargs)
+
+
+MAX_JSON_BYTES = 16 * 2**20  # a provider's API answer about one file is kilobytes; this is far past any real one
+
+
+def json_body(response: requests.Response, label: str, limit: int = MAX_JSON_BYTES):
+    """The JSON document ``response`` (requested with ``stream=True``) carries, read ``limit`` bytes at most.
+
+    The body is read in chunks and given up past ``limit`` (decompressed bytes: a gzip bomb is cut short
+    too), so a huge answer costs ``limit`` of memory, not its size. Anything but one readable JSON document
+    is a :class:`MirrorFailed` line: too large, not JSON, a number too long for Python's int (5000 digits),
+    nesting past the interpreter's stack.
+    """
+    host = urlsplit(response.url).netloc
+    chunks, received = [], 0
+    try:
+        for chunk in response.iter_content(2**16):
+            received += len(chunk)
+            if received > limit:
+                raise MirrorFailed("too large", f"{label}: {host} answered more than {limit // 2**20} MiB of JSON")
+            chunks.append(chunk)
+    except requests.RequestException as err:
+        raise MirrorFailed("network", f"{label}: the answer from {host} broke off ({type(err).__name__})") from None
+    finally:
+        response.close()
+    try:
+        document = json.loads(b"".join(chunks))
+        json.dumps(document, ensure_ascii=False).encode()  # a lone surrogate ("\\ud800") breaks whatever prints it
+    except (ValueError, RecursionError) as err:  # JSONDecodeError and UnicodeError are ValueErrors
+        raise MirrorFailed("bad answer", f"{label}: {host} did not answer readable JSON "
+                                         f"({type(err).__name__})") from None
+    return document

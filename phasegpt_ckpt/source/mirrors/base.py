@@ -12,14 +12,15 @@ provider cannot serve the file. The transfer engine then moves the bytes.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, Optional, TypeVar
 from urllib.parse import urlsplit
 
 import requests
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from phasegpt_ckpt.errors import MirrorFailed
 from phasegpt_ckpt.source import web
@@ -35,6 +36,11 @@ API_RETRY = web.RetryPolicy(attempts=2, max_retry_after=30.0)
 AllowedUrl = Annotated[str, AfterValidator(web.allowed_url)]
 # A provider's base URL (scheme, host and port), None meaning its public service.
 Endpoint = Annotated[Optional[AllowedUrl], AfterValidator(lambda url: url and url.rstrip("/"))]
+Answer = TypeVar("Answer", bound=BaseModel)
+# How pydantic names our models in its errors (a union member in a location, "or instance of _Entry" in a
+# message): left out of what a person reads. The fields we read are all lower case.
+MODEL_NAME = re.compile(r"_?[A-Z]\w*|\w+\[.*\]")
+MODEL_INSTANCE = re.compile(r" or instance of _?[A-Z]\w*")
 
 
 class MirrorBase(BaseModel):
@@ -102,12 +108,13 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
     The outcome tag is the HTTP status ("404"), or "network"/"timeout"/"bad answer".
     """
     failures = 0
-    while (response := get(session, url, what=what, **kwargs)).status_code == 429:
+    while (response := get(session, url, what=what, stream=True, **kwargs)).status_code == 429:
         failures += 1
         if failures >= API_RETRY.attempts:
             break  # still rate limited: a failure like any other HTTP error, below
         wait = API_RETRY.wait(failures, web.retry_after(response.headers.get("Retry-After")))
         log.info(f"{what}: rate limited by {urlsplit(url).netloc}; asking again in {wait:.1f}s")
+        response.close()
         time.sleep(wait)
     if response.status_code >= 400:
         hint = f"; private or restricted? set {token_env}" if response.status_code in (401, 403) else ""
@@ -115,18 +122,28 @@ def get_json(session: requests.Session, url: str, *, what: str, token_env: str, 
             str(response.status_code),
             web.scrub(f"{what}: {_error_detail(response)} (HTTP {response.status_code}){hint}"),
         )
+    return web.json_body(response, what)
+
+
+def parse_answer(model: type[Answer], document: Any, what: str) -> Answer:
+    """A provider's JSON ``document`` read into the pydantic ``model`` of the parts we use; any other shape
+    (a list for an object, a size as a string, a checksum as a number) is this mirror's one-line failure."""
     try:
-        return response.json()
-    except ValueError:
-        raise MirrorFailed("bad answer", f"{what}: {urlsplit(url).netloc} did not answer JSON") from None
+        return model.model_validate(document)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(part) for part in first["loc"] if not MODEL_NAME.fullmatch(str(part)))
+        problem = MODEL_INSTANCE.sub("", first["msg"]).lower()
+        raise MirrorFailed("bad answer", f"{what}: the answer is not in the shape the API documents "
+                                         f"({web.scrub(where)[:100] or 'the document'}: {problem})") from None
 
 
 def _error_detail(response: requests.Response) -> str:
     """The server's own words from the error shapes providers use, else the reason phrase; one line,
     with any token the server echoes back masked (before it is cut short, so no piece of one is left)."""
     try:
-        body = response.json()
-    except ValueError:
+        body = web.json_body(response, "an error answer", limit=2**16)
+    except MirrorFailed:  # no JSON (or too much of it): the reason phrase says it
         body = None
     if isinstance(body, dict):
         errors = body.get("errors")  # JSON:API (OSF)

@@ -26,6 +26,7 @@ FILE_ID = re.compile(r"[-\w]{25,}")
 DRIVE = "https://drive.google.com"
 # Hosts gdown's pages lead to: the uc host, and docs.google.com, its prefix for legacy confirm links.
 GOOGLE_HOSTS = ("https://drive.google.com/", "https://docs.google.com/")
+MAX_PAGE_BYTES = 2**20  # Drive's warning pages are a few KB
 MAX_PAGES = 4  # uc -> warning page -> confirmed file; Drive asking again and again means it won't serve it
 
 
@@ -56,16 +57,16 @@ def resolve(mirror: GdriveMirror, session: requests.Session) -> Source:
     for _ in range(MAX_PAGES):
         with get(drive, url, what=f"Google Drive file {mirror.id}", stream=True) as response:
             if response.ok and "Content-Disposition" in response.headers:
-                size = response.headers.get("Content-Length")
+                size = response.headers.get("Content-Length", "")
                 return Source(label=mirror.describe(), url=response.url, session=drive,
-                              size=int(size) if size else None,
+                              size=int(size) if size.isascii() and size.isdigit() and len(size) <= 19 else None,
                               stable_url=f"{DRIVE}/uc?id={mirror.id}")  # a confirmed link carries a fresh uuid
             if response.status_code == 404:
                 raise MirrorFailed("404", f"Google Drive has no file {mirror.id}")
             if not response.headers.get("Content-Type", "").startswith("text/html"):
                 status = response.status_code
                 raise MirrorFailed(str(status), f"Google Drive answered HTTP {status} for file {mirror.id}")
-            page = response.text
+            page = _page_text(response, mirror.id)
         # Imported here: gdown (and BeautifulSoup) load only when a Drive page must be read.
         from gdown.download import get_url_from_gdrive_confirmation
         from gdown.exceptions import FileURLRetrievalError
@@ -83,6 +84,20 @@ def resolve(mirror: GdriveMirror, session: requests.Session) -> Source:
             raise MirrorFailed("bad answer", f"Google Drive's page for file {mirror.id} links to a refused "
                                              f"address: {err}") from None
     raise MirrorFailed("bad answer", f"Google Drive kept answering pages instead of file {mirror.id}")
+
+
+def _page_text(response: requests.Response, file_id: str) -> str:
+    """Drive's HTML page, read up to :data:`MAX_PAGE_BYTES`: a server answering gigabytes of "page" fails this
+    mirror rather than filling memory."""
+    try:
+        head = next(response.iter_content(MAX_PAGE_BYTES + 1), b"")  # one read of that many bytes, or to the end
+    except requests.RequestException as err:
+        raise MirrorFailed("network", f"Google Drive's page for file {file_id} broke off "
+                                      f"({type(err).__name__})") from None
+    if len(head) > MAX_PAGE_BYTES:
+        raise MirrorFailed("bad answer", f"Google Drive answered a page of over {MAX_PAGE_BYTES // 2**20} MiB "
+                                         f"for file {file_id}")
+    return head.decode("utf-8", errors="replace")  # Drive writes UTF-8; a charset a server names may be no codec
 
 
 def route_google_hosts(session: requests.Session, endpoint: str) -> None:

@@ -31,8 +31,13 @@ class LocalMirror(MirrorBase):
     @field_validator("path")
     @classmethod
     def _from_manifest_dir(cls, path: Path, info: ValidationInfo) -> Path:
+        if "\0" in str(path):  # no system call takes it: open() and stat() would raise ValueError
+            raise ValueError("a path cannot contain a NUL byte")
         base_dir = (info.context or {}).get("base_dir")
-        path = path.expanduser()
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # ~user of no such user, or ~ with no home directory to read
+            raise ValueError(f"cannot expand {str(path).split('/')[0]!r}: no such user or home directory") from None
         if info.data.get("base") == "cwd" or not base_dir or path.is_absolute():
             return path  # a relative path then opens from the working directory of the moment
         return base_dir / path

@@ -15,11 +15,11 @@ import re
 from typing import Literal, Optional
 
 import requests
-from pydantic import model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.source import web
-from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json
+from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json, parse_answer
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,52 @@ class OsfMirror(MirrorBase):
         return self.endpoint or OSF_API
 
 
+class _Hashes(BaseModel):
+    model_config = ConfigDict(strict=True)
+
+    sha256: Optional[str] = None
+    md5: Optional[str] = None
+
+
+class _Extra(BaseModel):
+    hashes: Optional[_Hashes] = None
+
+
+class _Attributes(BaseModel):
+    """A JSON:API entry's attributes, the parts we read; a size as a string or a hash as a number is refused."""
+
+    model_config = ConfigDict(strict=True)
+
+    name: Optional[str] = None  # a file's or folder's; a node (a guid of a project) has none
+    kind: Optional[str] = None  # "file" or "folder"
+    provider: Optional[str] = None
+    size: Optional[int] = Field(None, ge=0)
+    current_version: Optional[int] = None
+    extra: Optional[_Extra] = None
+
+
+class _Entry(BaseModel):
+    """One JSON:API resource object: its type, attributes, links and (for a folder) relationships."""
+
+    model_config = ConfigDict(strict=True)
+
+    type: Optional[str] = None
+    attributes: _Attributes
+    links: dict = {}
+    relationships: dict = {}
+
+
+class _PageLinks(BaseModel):
+    next: Optional[str] = None
+
+
+class _Page(BaseModel):
+    """A JSON:API document: one resource (a guid, a file) or a page of them (a listing)."""
+
+    data: _Entry | list[_Entry]
+    links: Optional[_PageLinks] = None
+
+
 def resolve(mirror: OsfMirror, session: requests.Session) -> Source:
     """Find the file's API entry; its download link leads to WaterButler, which serves the bytes.
 
@@ -65,44 +111,39 @@ def resolve(mirror: OsfMirror, session: requests.Session) -> Source:
     token = web.trusted_token(os.environ.get("OSF_TOKEN"), api, OSF_API, name="OSF_TOKEN")
     what = f"OSF file {mirror.guid or mirror.path}"
 
-    def ask(url: str, params: Optional[dict] = None) -> dict:
+    def ask(url: str, params: Optional[dict] = None) -> _Page:
         _check_link(url, what)
         if token and not web.on_origin(url, api):
             log.warning(f"{what}: OSF's answer links to {web.scrub(url)}, not {api}: asking it without OSF_TOKEN")
         headers = {"Accept": "application/vnd.api+json", **web.credentials_for(url, token, api)}
         page = get_json(session, url, what=what, token_env="OSF_TOKEN", headers=headers, params=params)
-        if not isinstance(page, dict):
-            raise MirrorFailed("bad answer", f"{what}: {web.origin(url).host} did not answer a JSON:API document")
-        return page
+        return parse_answer(_Page, page, what)
 
-    try:
-        if mirror.guid:
-            entry = ask(f"{api}/v2/guids/{mirror.guid}/")["data"]  # redirects to /v2/files/<id>/
-            if entry.get("type") != "files":
-                raise MirrorFailed("not a file", f"OSF guid {mirror.guid} is {entry.get('type')}, not a file: "
-                                                 "give node and path instead")
-        else:
-            root = f"{api}/v2/nodes/{mirror.node}/files/osfstorage/"
-            entry = _walk(ask, root, mirror.path.strip("/").split("/"))
-        attributes = entry["attributes"]
-        if attributes.get("provider") == "osfstorage" and (attributes.get("size") or 0) > OSFSTORAGE_LIMIT:
-            raise MirrorFailed("too large", f"OSF lists {attributes['name']} at {attributes['size']} bytes, "
-                                            "over OSF Storage's 5 GB single-file limit; trying the next mirror")
-        hashes = (attributes.get("extra") or {}).get("hashes") or {}
-        url = _download_url(entry["links"], attributes, token, api, what)
-        _check_link(url, what)
-        return Source(
-            label=mirror.describe(),
-            url=url,
-            headers=web.bearer(token) if token and _token_may_go_to(url, api) else {},
-            size=attributes.get("size"),
-            sha256=hashes.get("sha256"),
-            md5=hashes.get("md5"),
-            revision=str(attributes["current_version"]) if attributes.get("current_version") else None,
-        )
-    except (KeyError, TypeError, AttributeError, IndexError) as err:  # JSON without the fields JSON:API promises
-        raise MirrorFailed("bad answer", f"{what}: OSF's answer lacks an expected field "
-                                         f"({type(err).__name__}: {web.scrub(str(err))[:80]})") from None
+    if mirror.guid:
+        entry = ask(f"{api}/v2/guids/{mirror.guid}/").data  # redirects to /v2/files/<id>/
+        if not isinstance(entry, _Entry) or entry.type != "files":
+            kind = web.scrub(str(entry.type))[:40] if isinstance(entry, _Entry) else "a listing"
+            raise MirrorFailed("not a file", f"OSF guid {mirror.guid} is {kind}, not a file: "
+                                             "give node and path instead")
+    else:
+        root = f"{api}/v2/nodes/{mirror.node}/files/osfstorage/"
+        entry = _walk(ask, root, mirror.path.strip("/").split("/"), what)
+    attributes = entry.attributes
+    if attributes.provider == "osfstorage" and (attributes.size or 0) > OSFSTORAGE_LIMIT:
+        raise MirrorFailed("too large", f"OSF lists {web.scrub(str(attributes.name))[:100]} at {attributes.size} "
+                                        "bytes, over OSF Storage's 5 GB single-file limit; trying the next mirror")
+    hashes = (attributes.extra and attributes.extra.hashes) or _Hashes()
+    url = _download_url(entry.links, attributes, token, api, what)
+    _check_link(url, what)
+    return Source(
+        label=mirror.describe(),
+        url=url,
+        headers=web.bearer(token) if token and _token_may_go_to(url, api) else {},
+        size=attributes.size,
+        sha256=hashes.sha256,
+        md5=hashes.md5,
+        revision=str(attributes.current_version) if attributes.current_version else None,
+    )
 
 
 def _check_link(url: object, what: str) -> None:
@@ -139,7 +180,7 @@ def _token_may_go_to(url: str, api: str) -> bool:
     return scheme == "https" and port == 443 and bool(WATERBUTLER.fullmatch(host))
 
 
-def _download_url(links: dict, attributes: dict, token: Optional[str], api: str, what: str) -> str:
+def _download_url(links: dict, attributes: _Attributes, token: Optional[str], api: str, what: str) -> str:
     """``links.download`` (osf.io), or with a token WaterButler's own link for the listed version.
 
     osf.io answers a download with a redirect to WaterButler, another origin, where the engine
@@ -147,27 +188,37 @@ def _download_url(links: dict, attributes: dict, token: Optional[str], api: str,
     (``links.upload``, which serves GETs as downloads), so the token may go to it directly, when
     it is where WaterButler may be (:func:`_token_may_go_to`); any other upload link is not used.
     """
-    upload = links.get("upload")
+    upload, download = links.get("upload"), links.get("download")
     if not token or not upload:
-        return links["download"]
+        return download
     if not (isinstance(upload, str) and _token_may_go_to(upload, api)):
         log.warning(f"{what}: OSF's upload link {web.scrub(str(upload))[:200]!r} is not WaterButler's origin: "
                     "downloading through links.download, without OSF_TOKEN")
-        return links["download"]
-    version = attributes.get("current_version")
+        return download
+    version = attributes.current_version
     return f"{upload}?action=download&direct" + (f"&version={version}" if version else "")
 
 
-def _walk(ask, listing: str, names: list[str]) -> dict:
+def _walk(ask, listing: str, names: list[str], what: str) -> _Entry:
     """Descend ``names`` (folders, then the file) from the ``listing`` URL of a folder."""
     for depth, name in enumerate(names):
         kind = "file" if depth == len(names) - 1 else "folder"
-        entry = next((e for e in _entries(ask, listing, name) if e["attributes"]["name"] == name), None)
-        if entry is None or entry["attributes"]["kind"] != kind:
+        entry = next((e for e in _entries(ask, listing, name) if e.attributes.name == name), None)
+        if entry is None or entry.attributes.kind != kind:
             raise MirrorFailed("404", f"OSF Storage has no {kind} {'/'.join(names[: depth + 1])}")
         if kind == "folder":
-            listing = entry["relationships"]["files"]["links"]["related"]["href"]
+            listing = _folder_listing(entry, what)
     return entry
+
+
+def _folder_listing(folder: _Entry, what: str) -> object:
+    """Where a folder's entries are listed: ``relationships.files.links.related.href`` (checked where it is asked)."""
+    link = folder.relationships
+    for key in ("files", "links", "related", "href"):
+        link = link.get(key) if isinstance(link, dict) else None
+    if link is None:
+        raise MirrorFailed("bad answer", f"{what}: OSF lists folder {folder.attributes.name} without its files link")
+    return link
 
 
 def _entries(ask, url: str, name: str):
@@ -176,5 +227,5 @@ def _entries(ask, url: str, name: str):
     params = {"page[size]": PAGE_SIZE, "filter[name]": name}
     while url:
         page = ask(url, params)
-        yield from page["data"]
-        url, params = (page.get("links") or {}).get("next"), None  # the next link carries its own query
+        yield from page.data if isinstance(page.data, list) else [page.data]
+        url, params = page.links and page.links.next, None  # the next link carries its own query

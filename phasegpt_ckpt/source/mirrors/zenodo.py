@@ -16,11 +16,11 @@ from typing import Literal, Optional
 from urllib.parse import quote
 
 import requests
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.source import web
-from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json
+from phasegpt_ckpt.source.mirrors.base import Endpoint, MirrorBase, Source, get_json, parse_answer
 
 DOI = re.compile(r"10\.(?:5281|5072)/zenodo\.(\d+)")
 SANDBOX_PREFIX = "10.5072/"  # DataCite's test prefix: DOIs minted by sandbox.zenodo.org
@@ -60,27 +60,52 @@ class ZenodoMirror(MirrorBase):
         return self.endpoint or (SANDBOX if sandbox else ZENODO)
 
 
+class _FileLinks(BaseModel):
+    content: Optional[str] = Field(None, alias="self")
+
+
+class _File(BaseModel):
+    """A file entry of the records API, the parts we read; a size as a string or a checksum as a number is refused."""
+
+    model_config = ConfigDict(strict=True)
+
+    key: Optional[str] = None
+    filename: Optional[str] = None  # the 2023 variant's name for the key
+    size: Optional[int] = Field(None, ge=0)
+    filesize: Optional[int] = Field(None, ge=0)  # the 2023 variant's name for the size
+    checksum: Optional[str] = None  # "md5:<hex>"
+    links: Optional[_FileLinks] = None
+
+
+class _Record(BaseModel):
+    """A record of the records API, the parts we read."""
+
+    model_config = ConfigDict(strict=True)
+
+    id: Optional[int | str] = None
+    doi: Optional[str] = None
+    conceptdoi: Optional[str] = None
+    files: Optional[list[_File]] = None  # null or absent: a record whose files are restricted or not yet there
+
+
 def resolve(mirror: ZenodoMirror, session: requests.Session) -> Source:
     """Read the record (or a concept record's latest version) and find the file by key."""
     api = f"{mirror.base_url()}/api/records/{mirror.record_id()}"
     token = web.trusted_token(os.environ.get("ZENODO_TOKEN"), mirror.base_url(), ZENODO, SANDBOX, name="ZENODO_TOKEN")
     ask = dict(what=f"Zenodo record {mirror.record_id()}", token_env="ZENODO_TOKEN", headers=web.bearer(token))
     try:
-        record = get_json(session, api, **ask)
+        document = get_json(session, api, **ask)
     except MirrorFailed as err:
         if err.outcome != "404":
             raise
-        record = get_json(session, f"{api}/versions/latest", **ask)  # a concept id: its newest version
-    try:
-        _check_doi(mirror, record)
-        version = str(record.get("id", mirror.record_id()))
-        entry = _file_entry(record, mirror.filename)
-        content = f"{mirror.base_url()}/api/records/{version}/files/{quote(mirror.filename, safe='')}/content"
-        url = (entry.get("links") or {}).get("self") or content
-        algorithm, _, digest = (entry.get("checksum") or "").rpartition(":")
-    except (AttributeError, TypeError) as err:  # JSON without the shape the records API promises
-        raise MirrorFailed("bad answer", f"{ask['what']}: the record is not in the shape Zenodo's API gives "
-                                         f"({type(err).__name__})") from None
+        document = get_json(session, f"{api}/versions/latest", **ask)  # a concept id: its newest version
+    record = parse_answer(_Record, document, ask["what"])
+    _check_doi(mirror, record)
+    version = str(record.id if record.id is not None else mirror.record_id())
+    entry = _file_entry(record, mirror.filename)
+    content = f"{mirror.base_url()}/api/records/{version}/files/{quote(mirror.filename, safe='')}/content"
+    url = (entry.links and entry.links.content) or content
+    algorithm, _, digest = (entry.checksum or "").rpartition(":")
     try:  # the file link comes from the server's answer: the one URL rule, and the token on its origin only
         web.check_url_allowed(url)
     except BadInput as err:
@@ -89,23 +114,24 @@ def resolve(mirror: ZenodoMirror, session: requests.Session) -> Source:
         label=mirror.describe(),
         url=url,
         headers=web.credentials_for(url, token, mirror.base_url()),
-        size=entry.get("size", entry.get("filesize")),
+        size=entry.size if entry.size is not None else entry.filesize,
         md5=digest.lower() if algorithm in ("md5", "") and digest else None,
         revision=version,
     )
 
 
-def _file_entry(record: dict, filename: str) -> dict:
+def _file_entry(record: _Record, filename: str) -> _File:
     """The record's file entry keyed ``filename`` (``key`` now, ``filename`` in the 2023 variant)."""
-    for entry in record.get("files") or []:
-        if filename in (entry.get("key"), entry.get("filename")):
+    for entry in record.files or []:
+        if filename in (entry.key, entry.filename):
             return entry
-    raise MirrorFailed("404", f"Zenodo record {record.get('id')} has no file {filename!r}")
+    raise MirrorFailed("404", f"Zenodo record {web.scrub(str(record.id))[:40]} has no file {filename!r}")
 
 
-def _check_doi(mirror: ZenodoMirror, record: dict) -> None:
+def _check_doi(mirror: ZenodoMirror, record: _Record) -> None:
     """The record must carry the DOI the manifest names (a sandbox DOI asked of zenodo.org finds another record)."""
-    dois = {record.get("doi"), record.get("conceptdoi")} - {None}
+    dois = {record.doi, record.conceptdoi} - {None}
     if mirror.doi and dois and mirror.doi not in dois:
-        raise MirrorFailed("bad answer", f"{mirror.base_url()} record {record.get('id')} has DOI "
-                                         f"{record.get('doi')}, not {mirror.doi}: wrong service or endpoint?")
+        raise MirrorFailed("bad answer", f"{mirror.base_url()} record {web.scrub(str(record.id))[:40]} has DOI "
+                                         f"{web.scrub(str(record.doi))[:80]}, not {mirror.doi}: "
+                                         "wrong service or endpoint?")
