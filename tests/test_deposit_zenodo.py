@@ -1,0 +1,172 @@
+"""publish --to zenodo through the deposit emulator: draft, publish, new version; faults that leave a draft."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from tiny_checkpoints import save_ours, tiny_model
+
+from phasegpt_ckpt import Store
+from phasegpt_ckpt.source.manifest import load_manifest
+
+TOKEN = "zenodoDepositTokenNeverShown0123"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory, corpus_path):
+    made = tmp_path_factory.mktemp("zenodo-checkpoints")
+    return [save_ours(tiny_model("causal", seed=seed), made / f"s{seed}.pt", corpus_path).read_bytes()
+            for seed in (0, 1)]
+
+
+@pytest.fixture
+def zenodo(zenodo_emulator, monkeypatch):
+    zenodo_emulator.allow(TOKEN)
+    monkeypatch.setenv("ZENODO_TOKEN", TOKEN)
+    return zenodo_emulator
+
+
+def place(tmp_path, data: bytes, name: str = "tiny.pt", creators=("Doe, Jane",)):
+    """A checkpoint in a run folder, with a metadata JSON naming its creators (what Zenodo requires)."""
+    run = tmp_path / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / name
+    path.write_bytes(data)
+    info = {"sha256": hashlib.sha256(data).hexdigest(), "creators": list(creators), "license": "MIT",
+            "code_repository": "https://github.com/example/phasegpt"}
+    (run / f"{path.stem}_info.json").write_text(json.dumps(info))
+    return path
+
+
+def publish_cli(run_cli, zenodo, manifest, path, *extra):
+    return run_cli("publish", path, "--name", "tiny", "--manifest", manifest, "--to", "zenodo",
+                   "--endpoint", zenodo.origin, *extra)
+
+
+def zenodo_mirrors(manifest):
+    return [m for m in load_manifest(manifest).artifact("tiny").mirrors if m.type == "zenodo"]
+
+
+def fetch_alone(manifest, cache, mirror_type="zenodo"):
+    return Store(load_manifest(manifest), cache).fetch("tiny", mirror_type=mirror_type, force=True)
+
+
+def test_draft_then_publish_then_new_version(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    manifest = tmp_path / "manifest.yaml"
+    path = place(tmp_path, checkpoint_bytes[0])
+
+    code, out, err = publish_cli(run_cli, zenodo, manifest, path, "--draft")
+    assert code == 0, err
+    (draft,) = zenodo.depositions.values()
+    assert draft.state == "unsubmitted" and draft.files == {"tiny.pt": checkpoint_bytes[0]}
+    assert draft.metadata["creators"] == [{"name": "Doe, Jane"}] and draft.metadata["license"] == "mit"
+    assert {"identifier": "https://github.com/example/phasegpt", "relation": "isSupplementTo",
+            "resource_type": "software"} in draft.metadata["related_identifiers"]
+    (mirror,) = zenodo_mirrors(manifest)
+    assert (mirror.type, mirror.record, mirror.published) == ("zenodo", str(draft.id), False)
+    assert "doi" not in out
+
+    puts_before = len([r for r in zenodo.log if r.method == "PUT" and r.path.startswith("/api/files/")])
+    code, out, err = publish_cli(run_cli, zenodo, manifest, path)  # the same command, without --draft
+    assert code == 0, err
+    assert list(zenodo.depositions) == [draft.id], "the draft was reused, not a second one made"
+    assert len([r for r in zenodo.log if r.method == "PUT" and r.path.startswith("/api/files/")]) == puts_before
+    doi = f"10.5281/zenodo.{draft.id}"
+    assert f"doi {doi}" in out
+    entry = load_manifest(manifest).artifact("tiny")
+    assert [(m.doi, m.published) for m in zenodo_mirrors(manifest)] == [(doi, True)]
+    assert entry.md5 == hashlib.md5(checkpoint_bytes[0]).hexdigest()
+    assert json.loads((tmp_path / "run" / "tiny_info.json").read_text())["doi"] == doi
+    assert fetch_alone(manifest, tmp_path / "c1").path.read_bytes() == checkpoint_bytes[0]
+
+    second = place(tmp_path / "v2", checkpoint_bytes[1])
+    code, out, err = publish_cli(run_cli, zenodo, manifest, second, "--new-version", doi)
+    assert code == 0, err
+    newer = max(zenodo.depositions.values(), key=lambda d: d.id)
+    assert newer.id != draft.id and newer.concept == draft.concept and newer.state == "done"
+    assert newer.files == {"tiny.pt": checkpoint_bytes[1]}
+    assert zenodo.records[draft.id].files["tiny.pt"].data == checkpoint_bytes[0], "the first version is untouched"
+    entry = load_manifest(manifest).artifact("tiny")
+    assert [m.doi for m in zenodo_mirrors(manifest)] == [f"10.5281/zenodo.{newer.id}"]
+    assert fetch_alone(manifest, tmp_path / "c2").path.read_bytes() == checkpoint_bytes[1]
+
+
+def test_missing_token_is_one_line_before_any_request(tmp_path, zenodo_emulator, checkpoint_bytes, run_cli):
+    path = place(tmp_path, checkpoint_bytes[0])
+    code, out, err = publish_cli(run_cli, zenodo_emulator, tmp_path / "m.yaml", path)
+    assert code == 2 and "ZENODO_TOKEN" in err and len(err.strip().splitlines()) == 1
+    assert zenodo_emulator.log == [] and not (tmp_path / "m.yaml").exists()
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_metadata_zenodo_needs_or_rejects_is_one_line(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    path = place(tmp_path, checkpoint_bytes[0], creators=())
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", path)
+    assert code == 2 and "creators" in err and len(err.strip().splitlines()) == 1
+    assert zenodo.log == [], "refused before any byte moves"
+
+    info = tmp_path / "run" / "tiny_info.json"
+    info.write_text(json.dumps({**json.loads(info.read_text()), "creators": ["Doe, Jane"], "license": "WTFPL"}))
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", path)
+    assert code == 2
+    assert error_lines(err) == ["error: Zenodo refused the deposit: metadata.license: Invalid value. (HTTP 400)"]
+    assert zenodo.depositions == {} and not (tmp_path / "m.yaml").exists()
+
+
+def test_upload_dropped_mid_body_is_retried_without_a_duplicate(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    path = place(tmp_path, checkpoint_bytes[0])
+    key_path = zenodo.bucket_path(zenodo.next_id(), "tiny.pt")
+    zenodo.cut_upload(key_path, after=len(checkpoint_bytes[0]) // 2)
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", path)
+    assert code == 0, err
+    puts = [r for r in zenodo.log if r.method == "PUT" and r.path == key_path]
+    assert len(puts) == 2 and puts[0].status is None and puts[1].status == 201
+    assert all(r.headers["Content-Length"] == str(len(checkpoint_bytes[0])) for r in puts)
+    (deposition,) = zenodo.depositions.values()
+    assert list(deposition.files) == ["tiny.pt"] and deposition.state == "done"
+
+
+def test_lost_publish_answer_is_read_back(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    path = place(tmp_path, checkpoint_bytes[0])
+    upcoming = zenodo.next_id()
+    zenodo.lose_answer(zenodo.deposition_path(upcoming, "publish"), method="POST")
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", path)
+    assert code == 0, err
+    assert f"doi 10.5281/zenodo.{upcoming}" in out
+    assert len(zenodo.requests_to(zenodo.deposition_path(upcoming, "publish"))) == 1, "publish is never repeated"
+
+
+def test_5xx_on_publish_leaves_the_draft_and_the_manifest(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    from emulators.fileserver import Faults
+
+    path = place(tmp_path, checkpoint_bytes[0])
+    manifest = tmp_path / "m.yaml"
+    upcoming = zenodo.next_id()
+    zenodo.set_faults(zenodo.deposition_path(upcoming, "publish"), Faults(status=500, methods=("POST",), times=1))
+    code, out, err = publish_cli(run_cli, zenodo, manifest, path)
+    assert code == 3
+    (line,) = error_lines(err)
+    assert f"draft {upcoming}" in line and "left unpublished" in line
+    assert not manifest.exists() and zenodo.records == {}
+    assert "doi" not in json.loads((tmp_path / "run" / "tiny_info.json").read_text()) or \
+        json.loads((tmp_path / "run" / "tiny_info.json").read_text())["doi"] is None
+
+    code, out, err = publish_cli(run_cli, zenodo, manifest, path)  # the same command resumes
+    assert code == 0, err
+    assert list(zenodo.depositions) == [upcoming] and f"doi 10.5281/zenodo.{upcoming}" in out
+
+
+def test_a_checksum_the_server_disagrees_with_publishes_nothing(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    path = place(tmp_path, checkpoint_bytes[0])
+    manifest = tmp_path / "m.yaml"
+    zenodo.checksum_lies = True
+    code, out, err = publish_cli(run_cli, zenodo, manifest, path)
+    assert code == 1
+    (draft,) = zenodo.depositions.values()
+    (line,) = error_lines(err)
+    assert "md5" in line and f"draft {draft.id}" in line
+    assert draft.state == "unsubmitted" and zenodo.records == {} and not manifest.exists()
