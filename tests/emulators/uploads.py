@@ -74,4 +74,5 @@ class UploadServer(FileServer):
             return super()._dispatch(request)
         request._handler.wfile = io.BytesIO()  # the work is done; its answer never leaves
         super()._dispatch(request)
+        request.logged.status = None  # logged as what the client saw: no answer
         request._handler.drop_connection()

@@ -1,0 +1,126 @@
+"""publish --to osf:NODE[/folder] through the WaterButler emulator; osfclient's upload against it too."""
+from __future__ import annotations
+
+import hashlib
+import time
+from types import SimpleNamespace
+
+import pytest
+from test_deposit_zenodo import checkpoint_bytes, error_lines, place  # noqa: F401 - a fixture
+
+from phasegpt_ckpt import Store
+from phasegpt_ckpt.source.manifest import load_manifest
+
+TOKEN = "osfWriteTokenNeverShown012345678"
+
+
+@pytest.fixture
+def osf(osf_emulator, monkeypatch):
+    osf_emulator.add_node("lab01", write_token=TOKEN)
+    monkeypatch.setenv("OSF_TOKEN", TOKEN)
+    return osf_emulator
+
+
+def publish_cli(run_cli, osf, manifest, path, target="osf:lab01/checkpoints/tiny"):
+    return run_cli("publish", path, "--name", "tiny", "--manifest", manifest, "--to", target,
+                   "--endpoint", osf.origin)
+
+
+def osf_mirrors(manifest):
+    return [m for m in load_manifest(manifest).artifact("tiny").mirrors if m.type == "osf"]
+
+
+def test_new_file_then_new_version_in_folders_made_on_the_way(tmp_path, osf, checkpoint_bytes, run_cli):
+    manifest = tmp_path / "manifest.yaml"
+    code, out, err = publish_cli(run_cli, osf, manifest, place(tmp_path, checkpoint_bytes[0]))
+    assert code == 0, err
+    stored = osf.file_at("lab01", "/checkpoints/tiny/tiny.pt")
+    assert stored.blob.data == checkpoint_bytes[0] and stored.version == 1
+    assert [(m.node, m.path) for m in osf_mirrors(manifest)] == [("lab01", "checkpoints/tiny/tiny.pt")]
+    fetched = Store(load_manifest(manifest), tmp_path / "c1").fetch("tiny", mirror_type="osf")
+    assert fetched.path.read_bytes() == checkpoint_bytes[0]
+
+    code, out, err = publish_cli(run_cli, osf, manifest, place(tmp_path / "v2", checkpoint_bytes[1]))
+    assert code == 0, err
+    assert osf.file_at("lab01", "/checkpoints/tiny/tiny.pt") is stored and stored.version == 2
+    assert len(osf_mirrors(manifest)) == 1
+    fetched = Store(load_manifest(manifest), tmp_path / "c2").fetch("tiny", mirror_type="osf")
+    assert fetched.path.read_bytes() == checkpoint_bytes[1]
+    puts = [r for r in osf.wb.log if r.method == "PUT"]
+    assert [(r.query.partition("&")[0], r.status) for r in puts] == [
+        ("kind=folder", 201), ("kind=folder", 201), ("kind=file", 201), ("", 200)]
+    assert [int(r.headers["Content-Length"]) for r in puts[2:]] == [len(checkpoint_bytes[0]), len(checkpoint_bytes[1])]
+
+
+def test_a_create_whose_answer_was_lost_meets_409_and_is_done(tmp_path, osf, checkpoint_bytes, run_cli):
+    osf.put("lab01", "checkpoints/keep.txt", b"a file already there")
+    osf.wb.lose_answer(osf.folder_upload_path("lab01", "/checkpoints/"))
+    code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]),
+                                 "osf:lab01/checkpoints")
+    assert code == 0, err
+    statuses = [r.status for r in osf.wb.log if r.method == "PUT"]
+    assert statuses == [None, 409], "the retry met the file the lost answer had made"
+    assert osf.file_at("lab01", "/checkpoints/tiny.pt").version == 1
+
+
+def test_upload_dropped_mid_body_is_sent_again(tmp_path, osf, checkpoint_bytes, run_cli):
+    osf.wb.cut_upload(osf.folder_upload_path("lab01"), after=1000)
+    code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]), "osf:lab01")
+    assert code == 0, err
+    assert [r.status for r in osf.wb.log if r.method == "PUT"] == [None, 201]
+    assert osf.file_at("lab01", "/tiny.pt").blob.data == checkpoint_bytes[0]
+
+
+def test_a_sha256_the_server_disagrees_with_is_not_listed(tmp_path, osf, checkpoint_bytes, run_cli):
+    manifest = tmp_path / "m.yaml"
+    osf.sha256_lies = True
+    code, out, err = publish_cli(run_cli, osf, manifest, place(tmp_path, checkpoint_bytes[0]))
+    assert code == 1
+    (line,) = error_lines(err)
+    assert "sha256" in line and "not listing it" in line and not manifest.exists()
+
+
+@pytest.mark.parametrize("target, token, words", [
+    ("osf:nosuch", TOKEN, "OSF project nosuch"),
+    ("osf:lab01", "someoneElsesToken0000000000000000", "OSF refused to let OSF_TOKEN write to project lab01"),
+    ("osf:lab01", None, "set OSF_TOKEN"),
+])
+def test_a_node_that_is_missing_or_not_writable_is_one_line(tmp_path, osf, checkpoint_bytes, run_cli, monkeypatch,
+                                                           target, token, words):
+    if token is None:
+        monkeypatch.delenv("OSF_TOKEN")
+    else:
+        monkeypatch.setenv("OSF_TOKEN", token)
+    code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]), target)
+    assert code == 2
+    (line,) = error_lines(err)
+    assert words in line and not (tmp_path / "m.yaml").exists()
+    assert token is not None or osf.log == []
+
+
+@pytest.mark.clients
+def test_osfclient_uploads_to_the_emulator_and_meets_409(osf, checkpoint_bytes, tmp_path, monkeypatch):
+    """The reference client: new folder, new file, then the same name again (FileExistsError on the 409),
+    then --force's update of the existing file."""
+    from osfclient import OSF
+
+    # its 1 request/s pacing is courtesy to osf.io, not behaviour under test (17 s here with it)
+    monkeypatch.setattr("osfclient.models.session.time", SimpleNamespace(time=time.time, sleep=lambda _: None))
+    client = OSF(token=TOKEN)
+    client.session.base_url = osf.url("/v2/")
+    storage = client.project("lab01").storage("osfstorage")
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    first.write_bytes(checkpoint_bytes[0])
+    second.write_bytes(checkpoint_bytes[1])
+    with open(first, "rb") as fp:
+        storage.create_file("ckpt/tiny.pt", fp)
+    stored = osf.file_at("lab01", "/ckpt/tiny.pt")
+    assert stored.blob.data == checkpoint_bytes[0]
+    with pytest.raises(FileExistsError), open(second, "rb") as fp:
+        storage.create_file("ckpt/tiny.pt", fp)
+    with open(second, "rb") as fp:
+        storage.create_file("ckpt/tiny.pt", fp, force=True)
+    assert stored.blob.data == checkpoint_bytes[1] and stored.version == 2
+    sent = [r for r in osf.wb.log if r.method == "PUT"]
+    assert sent[0].query == "kind=folder&name=ckpt" and sent[0].status == 201
+    assert hashlib.sha256(stored.blob.data).hexdigest() == hashlib.sha256(checkpoint_bytes[1]).hexdigest()
