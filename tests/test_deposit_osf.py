@@ -6,12 +6,17 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from test_deposit_zenodo import checkpoint_bytes, error_lines, place  # noqa: F401 - a fixture
+from deposit_files import error_lines, place, two_checkpoints
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import load_manifest
 
 TOKEN = "osfWriteTokenNeverShown012345678"
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory, corpus_path):
+    return two_checkpoints(tmp_path_factory.mktemp("osf-checkpoints"), corpus_path)
 
 
 @pytest.fixture

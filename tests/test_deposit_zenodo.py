@@ -5,7 +5,7 @@ import hashlib
 import json
 
 import pytest
-from tiny_checkpoints import save_ours, tiny_model
+from deposit_files import error_lines, place, two_checkpoints
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import load_manifest
@@ -15,9 +15,7 @@ TOKEN = "zenodoDepositTokenNeverShown0123"
 
 @pytest.fixture(scope="module")
 def checkpoint_bytes(tmp_path_factory, corpus_path):
-    made = tmp_path_factory.mktemp("zenodo-checkpoints")
-    return [save_ours(tiny_model("causal", seed=seed), made / f"s{seed}.pt", corpus_path).read_bytes()
-            for seed in (0, 1)]
+    return two_checkpoints(tmp_path_factory.mktemp("zenodo-checkpoints"), corpus_path)
 
 
 @pytest.fixture
@@ -25,18 +23,6 @@ def zenodo(zenodo_emulator, monkeypatch):
     zenodo_emulator.allow(TOKEN)
     monkeypatch.setenv("ZENODO_TOKEN", TOKEN)
     return zenodo_emulator
-
-
-def place(tmp_path, data: bytes, name: str = "tiny.pt", creators=("Doe, Jane",)):
-    """A checkpoint in a run folder, with a metadata JSON naming its creators (what Zenodo requires)."""
-    run = tmp_path / "run"
-    run.mkdir(parents=True, exist_ok=True)
-    path = run / name
-    path.write_bytes(data)
-    info = {"sha256": hashlib.sha256(data).hexdigest(), "creators": list(creators), "license": "MIT",
-            "code_repository": "https://github.com/example/phasegpt"}
-    (run / f"{path.stem}_info.json").write_text(json.dumps(info))
-    return path
 
 
 def publish_cli(run_cli, zenodo, manifest, path, *extra):
@@ -97,10 +83,6 @@ def test_missing_token_is_one_line_before_any_request(tmp_path, zenodo_emulator,
     code, out, err = publish_cli(run_cli, zenodo_emulator, tmp_path / "m.yaml", path)
     assert code == 2 and "ZENODO_TOKEN" in err and len(err.strip().splitlines()) == 1
     assert zenodo_emulator.log == [] and not (tmp_path / "m.yaml").exists()
-
-
-def error_lines(err: str) -> list[str]:
-    return [line for line in err.splitlines() if line.startswith("error:")]
 
 
 def test_metadata_zenodo_needs_or_rejects_is_one_line(tmp_path, zenodo, checkpoint_bytes, run_cli):
