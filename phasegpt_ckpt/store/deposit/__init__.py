@@ -156,20 +156,21 @@ def required_token(env: str, base: str, services: tuple[str, ...]) -> str:
     return token
 
 
-def parts(path: Path, limit: int, key: str) -> list[Upload]:
-    """``path`` as uploads of at most ``limit`` bytes, keyed ``key.001-of-003`` ...; the whole when it fits.
+def parts(path: Path, limit: int, key: str, sizes: Optional[list[int]] = None) -> list[Upload]:
+    """``path`` as uploads of at most ``limit`` bytes, keyed ``key.001-of-003`` ...; none when it fits whole.
 
-    Each part's sha256 and md5 are computed in one pass over the file.
+    ``sizes``: the parts already listed for these bytes (another mirror's), kept when each fits, so every
+    mirror holds the same parts. Each part's sha256 and md5 are computed in one pass over the file.
     """
     total = path.stat().st_size
-    if total <= limit:
+    kept = bool(sizes) and max(sizes) <= limit and sum(sizes) == total
+    if total <= limit and not kept:
         return []
-    count = -(-total // limit)
-    uploads = []
+    if not kept:
+        sizes = [min(limit, total - offset) for offset in range(0, total, limit)]
+    uploads, offset = [], 0
     with open(path, "rb") as source:
-        for index in range(count):
-            offset = index * limit
-            size = min(limit, total - offset)
+        for index, size in enumerate(sizes):
             hasher = Hasher(want_md5=True)
             left = size
             while left:
@@ -177,8 +178,9 @@ def parts(path: Path, limit: int, key: str) -> list[Upload]:
                 hasher.update(chunk)
                 left -= len(chunk)
             digests = hasher.hexdigests()
-            part_key = f"{key}.{index + 1:03d}-of-{count:03d}"
+            part_key = f"{key}.{index + 1:03d}-of-{len(sizes):03d}"
             uploads.append(Upload(part_key, path, FileFacts(path, size, digests["sha256"], digests["md5"]), offset))
+            offset += size
     return uploads
 
 
