@@ -152,3 +152,60 @@ def test_a_checksum_the_server_disagrees_with_publishes_nothing(tmp_path, zenodo
     (line,) = error_lines(err)
     assert "md5" in line and f"draft {draft.id}" in line
     assert draft.state == "unsubmitted" and zenodo.records == {} and not manifest.exists()
+
+
+def test_a_retried_put_whose_answer_was_lost_replaces_rather_than_duplicates(tmp_path, zenodo, checkpoint_bytes,
+                                                                             run_cli):
+    path = place(tmp_path, checkpoint_bytes[0])
+    key_path = zenodo.bucket_path(zenodo.next_id(), "tiny.pt")
+    zenodo.lose_answer(key_path)
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", path)
+    assert code == 0, err
+    assert [r.status for r in zenodo.requests_to(key_path)] == [None, 201], "stored, answer lost, stored again"
+    (deposition,) = zenodo.depositions.values()
+    assert list(deposition.files) == ["tiny.pt"] and zenodo.records[deposition.id].files["tiny.pt"].data == \
+        checkpoint_bytes[0]
+
+
+def test_sandbox_mints_a_test_prefix_doi_that_fetch_follows(tmp_path, checkpoint_bytes, run_cli, monkeypatch):
+    from emulators.zenodo import ZenodoEmulator
+
+    monkeypatch.setenv("ZENODO_TOKEN", TOKEN)
+    with ZenodoEmulator(sandbox=True) as sandbox:
+        sandbox.allow(TOKEN)
+        manifest = tmp_path / "m.yaml"
+        code, out, err = run_cli("publish", place(tmp_path, checkpoint_bytes[0]), "--name", "tiny", "--manifest",
+                                 manifest, "--to", "zenodo-sandbox", "--endpoint", sandbox.origin)
+        assert code == 0, err
+        (mirror,) = zenodo_mirrors(manifest)
+        assert mirror.doi.startswith("10.5072/zenodo.")
+        assert fetch_alone(manifest, tmp_path / "c").path.read_bytes() == checkpoint_bytes[0]
+
+
+def test_a_new_version_that_failed_to_publish_is_resumed_not_versioned_again(tmp_path, zenodo, checkpoint_bytes,
+                                                                             run_cli):
+    from emulators.fileserver import Faults
+
+    manifest = tmp_path / "m.yaml"
+    assert publish_cli(run_cli, zenodo, manifest, place(tmp_path, checkpoint_bytes[0]))[0] == 0
+    (first,) = zenodo.depositions
+    second = place(tmp_path / "v2", checkpoint_bytes[1])
+    draft = zenodo.next_id()
+    zenodo.set_faults(zenodo.deposition_path(draft, "publish"), Faults(status=503, methods=("POST",)))
+    code, out, err = publish_cli(run_cli, zenodo, manifest, second, "--new-version", str(first))
+    assert code == 3 and f"draft {draft}" in err
+    assert [m.doi for m in zenodo_mirrors(manifest)] == [f"10.5281/zenodo.{first}"], "the manifest is untouched"
+    zenodo.set_faults(zenodo.deposition_path(draft, "publish"), None)
+    code, out, err = publish_cli(run_cli, zenodo, manifest, second, "--new-version", str(first))
+    assert code == 0, err
+    assert len(zenodo.requests_to(zenodo.deposition_path(first, "newversion"))) == 1
+    assert len(zenodo.depositions) == 2 and all(d.state == "done" for d in zenodo.depositions.values())
+
+
+def test_a_token_zenodo_refuses_is_one_line_exit_2(tmp_path, zenodo_emulator, checkpoint_bytes, run_cli, monkeypatch):
+    zenodo_emulator.allow(TOKEN, scopes=("deposit:write",))  # may not publish
+    monkeypatch.setenv("ZENODO_TOKEN", "zenodoNotAKnownToken000000000000")
+    code, out, err = publish_cli(run_cli, zenodo_emulator, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]))
+    assert code == 2
+    (line,) = error_lines(err)
+    assert "Zenodo refused ZENODO_TOKEN" in line and not (tmp_path / "m.yaml").exists()
