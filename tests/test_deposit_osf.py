@@ -129,3 +129,15 @@ def test_osfclient_uploads_to_the_emulator_and_meets_409(osf, checkpoint_bytes, 
     sent = [r for r in osf.wb.log if r.method == "PUT"]
     assert sent[0].query == "kind=folder&name=ckpt" and sent[0].status == 201
     assert hashlib.sha256(stored.blob.data).hexdigest() == hashlib.sha256(checkpoint_bytes[1]).hexdigest()
+
+
+@pytest.mark.parametrize("switch, words", [("quota_full", "The quota on this osfstorage project has been exceeded"),
+                                           ("max_body", "Bad Request (HTTP 400)")])
+def test_a_full_project_or_an_oversized_body_is_one_line_and_asked_once(tmp_path, osf, checkpoint_bytes, run_cli,
+                                                                         switch, words):
+    setattr(osf, switch, True if switch == "quota_full" else 1000)
+    code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]), "osf:lab01")
+    assert code == 2
+    (line,) = error_lines(err)
+    assert words in line and not (tmp_path / "m.yaml").exists()
+    assert len([r for r in osf.wb.log if r.method == "PUT"]) == 1, "never retried"

@@ -209,3 +209,11 @@ def test_a_token_zenodo_refuses_is_one_line_exit_2(tmp_path, zenodo_emulator, ch
     assert code == 2
     (line,) = error_lines(err)
     assert "Zenodo refused ZENODO_TOKEN" in line and not (tmp_path / "m.yaml").exists()
+
+
+def test_a_token_never_goes_to_an_endpoint_no_one_trusted(tmp_path, zenodo, checkpoint_bytes, run_cli, monkeypatch):
+    monkeypatch.delenv("PHASEGPT_TRUSTED_ENDPOINTS")
+    code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]))
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "not sending ZENODO_TOKEN" in err and "PHASEGPT_TRUSTED_ENDPOINTS" in err and TOKEN not in err
+    assert zenodo.log == []

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # Uploads are retried on a dropped connection, a 5xx or a 429; an answer is awaited longer than a
 # download's next chunk: a server hashes the whole body before it answers.
 DEPOSIT_RETRY = web.RetryPolicy(attempts=4, backoff=1.0, max_backoff=15.0, read_timeout=600.0)
+TRANSIENT = {429, 500, 502, 503, 504}  # worth asking again; a 507 (quota) or a 501 will answer the same
 READ_CHUNK = 1024 * 1024
 
 
@@ -151,7 +152,7 @@ def required_token(env: str, base: str, services: tuple[str, ...]) -> str:
     token = os.environ.get(env)
     if not token:
         raise BadInput(f"publishing to {base} needs a token: set {env}")
-    if web.trusted_token(token, base, *services, name=env) is None:
+    if not (web.on_origin(base, *services) or web.listed(base)):
         raise BadInput(f"not sending {env} to {web.scrub(base)}: add it to ${web.TRUSTED_ENDPOINTS} if that server is yours")
     return token
 
@@ -205,7 +206,7 @@ class Api:
         """``method url``; a status in ``ok`` is returned, any other raises :class:`ApiError`.
 
         ``body`` opens the upload afresh for each attempt (``size`` bytes, sent as Content-Length).
-        A dropped connection, a 5xx or a 429 is tried again when ``retry``; other answers are final.
+        A dropped connection or a :data:`TRANSIENT` status is tried again when ``retry``; other answers are final.
         """
         try:
             web.check_url_allowed(url)
@@ -222,7 +223,7 @@ class Api:
                                                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
                                                 **kwargs)
                 problem, wait_hint = None, None
-                if response.status_code >= 500 or response.status_code == 429:
+                if response.status_code in TRANSIENT:
                     problem = f"HTTP {response.status_code}"
                     wait_hint = web.retry_after(response.headers.get("Retry-After"))
             except requests.RequestException as err:

@@ -18,7 +18,7 @@ from typing import Optional
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, VerificationFailed
 from phasegpt_ckpt.proof.verify import disagreement
 from phasegpt_ckpt.source.mirrors.osf import OSF_API, OSFSTORAGE_LIMIT, PAGE_SIZE, OsfMirror, _token_may_go_to
-from phasegpt_ckpt.store.deposit import Api, ApiError, Deposit, Deposited, Metadata, Upload
+from phasegpt_ckpt.store.deposit import TRANSIENT, Api, ApiError, Deposit, Deposited, Metadata, Upload
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class OsfDeposit(Deposit):
                                "needs the osf.full_write scope and write permission on the project") from None
             if err.status in (404, 410):
                 raise BadInput(f"OSF project {self.node}: {err.reason}") from None
-            if err.status is not None and err.status < 500 and err.status != 429:
+            if err.status is not None and err.status not in TRANSIENT:
                 raise BadInput(f"OSF refused the upload to {self.describe()}: {err.reason}") from None
             raise MirrorsExhausted(f"uploading to {self.describe()} failed: {err.reason}; nothing was listed: run "
                                    "the same command again (a file already there gets a new version)") from None
