@@ -62,6 +62,7 @@ def test_each_mirror_alone_serves_the_whole(published, data, tmp_path, mirror_ty
     assert fetched.path.name == "tiny.pt"
     cache = Store(load_manifest(manifest), tmp_path / "cache").cache
     assert [r.artifact for r in cache.receipts()] == ["tiny"], "the parts left the cache once joined"
+    assert [p.name for p in (tmp_path / "cache" / "blobs").iterdir()] == [fetched.sha256]
 
 
 def test_parts_come_from_whichever_mirror_has_them(published, data, tmp_path):
@@ -86,3 +87,19 @@ def test_parts_that_do_not_make_the_whole_are_refused(published, tmp_path):
     with pytest.raises(VerificationFailed, match="join into other bytes"):
         Store(load_manifest(manifest), tmp_path / "cache").fetch("tiny", mirror_type="osf")
     assert not (tmp_path / "cache" / "artifacts" / "tiny").exists()
+
+
+def test_parts_already_fetched_are_kept_when_another_fails(published, data, tmp_path):
+    from phasegpt_ckpt.errors import MirrorsExhausted
+
+    manifest, zenodo, _ = published
+    entry = load_manifest(manifest).artifact("tiny")
+    (record_id,) = zenodo.records
+    paths = [zenodo.content_path(record_id, part.filename) for part in entry.parts]
+    zenodo.set_faults(paths[1], Faults(status=404))
+    store = Store(load_manifest(manifest), tmp_path / "cache")
+    with pytest.raises(MirrorsExhausted, match=f"part {entry.parts[1].filename}"):
+        store.fetch("tiny", mirror_type="zenodo")
+    zenodo.set_faults(paths[1], None)
+    assert store.fetch("tiny", mirror_type="zenodo").path.read_bytes() == data
+    assert [len([r for r in zenodo.requests_to(p) if r.method == "GET"]) for p in paths] == [1, 2, 1]

@@ -91,6 +91,10 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
                 )
         if fetched is None:
             fetched = (_from_parts if artifact.parts else _from_mirrors)(store, artifact, mirrors, policy)
+    for index in range(len(artifact.parts or [])):  # once the whole is in: the cache lock released, blobs too
+        name = _piece_name(artifact, index)
+        if store.cache.receipt(name) is not None:
+            store.cache.remove(name, wait=True)
     if dest is not None:
         fetched.path = place(fetched.path, dest, artifact.filename)
     return fetched
@@ -229,7 +233,8 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
 def _from_parts(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
                 policy: Optional[RetryPolicy]) -> Fetched:
     """An artifact kept in parts: each part (in parallel) from the first mirror that has it, checked against
-    its own sha256, then joined and the whole verified; the parts leave the cache once the whole is in."""
+    its own sha256 and kept in the cache as an artifact of its own (a part fetched survives a failure of
+    another), then joined and the whole verified."""
     pieces = [_piece(artifact, index, mirrors) for index in range(len(artifact.parts))]
     with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(pieces))) as pool:
         got = list(pool.map(lambda piece: _fetch_piece(store, artifact, piece, policy), pieces))
@@ -241,8 +246,6 @@ def _from_parts(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
                                  f"bytes than the whole file ({problem[1]}): the manifest's parts are wrong")
     pin = "pinned (manifest sha256)"
     path = store.cache.store(artifact, joined, pin=pin)
-    for piece in pieces:
-        store.cache.remove(piece.name, wait=True)
     outcomes = [o for fetched in got for o in fetched.outcomes]
     return Fetched(path, joined.size, joined.sha256, origin=joined.origin, name=artifact.name, outcomes=outcomes,
                    pinned=True, pin=pin)
@@ -252,8 +255,12 @@ def _piece(artifact: Artifact, index: int, mirrors: list[MirrorBase]) -> Artifac
     """Part ``index`` of ``artifact`` as an artifact of its own, served beside the whole by each mirror that can."""
     part = artifact.parts[index]
     beside = [m for m in (renamed(mirror, part.filename) for mirror in mirrors) if m is not None]
-    return Artifact(name=f"{artifact.name}.part{index + 1:03d}", kind=artifact.kind, filename=part.filename,
+    return Artifact(name=_piece_name(artifact, index), kind=artifact.kind, filename=part.filename,
                     size=part.size, sha256=part.sha256, mirrors=beside)
+
+
+def _piece_name(artifact: Artifact, index: int) -> str:
+    return f"{artifact.name}.part{index + 1:03d}"
 
 
 def _fetch_piece(store: "Store", artifact: Artifact, piece: Artifact, policy: Optional[RetryPolicy]) -> Fetched:

@@ -188,7 +188,8 @@ def publish(
 def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileFacts, info: dict[str, Any],
              previous: Optional[Artifact]) -> tuple[Deposited, list[Upload]]:
     """Upload the checkpoint (whole, or in parts over the provider's limit) and read each published copy back."""
-    listed = [part.size for part in previous.parts] if previous and previous.parts and previous.sha256 == ours.sha256 else None
+    same_bytes = previous is not None and previous.parts and previous.sha256 == ours.sha256
+    listed = [part.size for part in previous.parts] if same_bytes else None  # another mirror's parts: keep them
     uploads = parts(path, deposit.limit, filename, listed) or [Upload(filename, path, ours)]
     if len(uploads) > 1:
         log.info(f"{path} has {ours.size} bytes, more than {deposit.describe()} takes in one file "
