@@ -217,3 +217,20 @@ def test_a_token_never_goes_to_an_endpoint_no_one_trusted(tmp_path, zenodo, chec
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "not sending ZENODO_TOKEN" in err and "PHASEGPT_TRUSTED_ENDPOINTS" in err and TOKEN not in err
     assert zenodo.log == []
+
+
+@pytest.mark.parametrize("action", ["create", "newversion"])
+def test_a_draft_whose_creation_answer_was_lost_is_found_not_made_twice(tmp_path, zenodo, checkpoint_bytes, run_cli,
+                                                                       action):
+    manifest, extra = tmp_path / "m.yaml", []
+    if action == "newversion":
+        assert publish_cli(run_cli, zenodo, manifest, place(tmp_path, checkpoint_bytes[0]))[0] == 0
+        (first,) = zenodo.depositions
+        zenodo.lose_answer(zenodo.deposition_path(first, "newversion"), method="POST")
+        extra = ["--new-version", str(first)]
+    else:
+        zenodo.lose_answer(zenodo.deposition_path(0).rsplit("/", 1)[0], method="POST")
+    code, out, err = publish_cli(run_cli, zenodo, manifest, place(tmp_path / "v", checkpoint_bytes[1]), *extra)
+    assert code == 0, err
+    assert "although its answer was lost" in err
+    assert len(zenodo.depositions) == (2 if extra else 1) and all(d.state == "done" for d in zenodo.depositions.values())

@@ -79,26 +79,36 @@ class ZenodoDeposit(Deposit):
 
     # -- the draft ------------------------------------------------------------------------------
     def _draft(self, uploads: list[Upload], fields: dict[str, Any]) -> dict:
-        """The deposition to fill: one left by an earlier run, a new version, or a new one, described by ``fields``."""
+        """The deposition to fill, described by ``fields``: one an earlier run left (or published with these
+        bytes), else a new version or a new one. A creation whose answer was lost is looked for, not repeated."""
         concept = self._concept(self.new_version) if self.new_version else None
         earlier = self._earlier(fields["title"], concept, uploads)
         if earlier is not None and earlier.get("state") == "done":
             return earlier
         if earlier is not None:
             log.info(f"resuming Zenodo draft {earlier['id']}")
-        elif self.new_version:
-            earlier = self._new_version_draft(concept)
         else:
-            created = self.api.json("POST", self._url(DEPOSITIONS), json={"metadata": fields}, ok=(201,), retry=False)
-            log.info(f"created Zenodo draft {created['id']}")
-            return created
+            try:
+                earlier = self._new_version_draft(concept) if self.new_version else self._create(fields)
+            except ApiError as err:
+                earlier = None if err.status is not None else self._earlier(fields["title"], concept, uploads)
+                if earlier is None:
+                    raise
+                log.info(f"Zenodo made draft {earlier['id']} although its answer was lost")
         return self.api.json("PUT", earlier["links"]["self"], json={"metadata": fields})  # a full replacement
 
+    def _create(self, fields: dict[str, Any]) -> dict:
+        """A new deposition, described at once: metadata Zenodo refuses is refused before any byte moves."""
+        created = self.api.json("POST", self._url(DEPOSITIONS), json={"metadata": fields}, ok=(201,), retry=False)
+        log.info(f"created Zenodo draft {created['id']}")
+        return created
+
     def _earlier(self, title: str, concept: Optional[str], uploads: list[Upload]) -> Optional[dict]:
-        """An unpublished deposition of ours with this title (and concept), or a published one holding these bytes."""
+        """A deposition of ours to continue: unpublished, with this title (a new version: of this concept,
+        whose one pending draft keeps the previous version's title), or published already with these bytes."""
         mine = self.api.json("GET", self._url(DEPOSITIONS), params={"size": 100})
-        ours = [d for d in mine if isinstance(d, dict) and (d.get("metadata") or {}).get("title") == title
-                and (concept is None or str(d.get("conceptrecid")) == concept)]
+        ours = [d for d in mine if isinstance(d, dict) and (
+            str(d.get("conceptrecid")) == concept if concept else (d.get("metadata") or {}).get("title") == title)]
         drafts = [d for d in ours if not d.get("submitted")]
         done = [d for d in ours if d.get("state") == "done" and _holds(d, uploads)]
         return (drafts or done or [None])[0]
