@@ -53,8 +53,10 @@ def test_new_file_then_new_version_in_folders_made_on_the_way(tmp_path, osf, che
     assert fetched.path.read_bytes() == checkpoint_bytes[1]
     puts = [r for r in osf.wb.log if r.method == "PUT"]
     assert [(r.query.partition("&")[0], r.status) for r in puts] == [
-        ("kind=folder", 201), ("kind=folder", 201), ("kind=file", 201), ("", 200)]
-    assert [int(r.headers["Content-Length"]) for r in puts[2:]] == [len(checkpoint_bytes[0]), len(checkpoint_bytes[1])]
+        ("kind=folder", 201), ("kind=folder", 201), ("kind=file", 201), ("kind=file", 201), ("", 200), ("", 200)]
+    assert [int(r.headers["Content-Length"]) for r in puts[2::2]] == [len(checkpoint_bytes[0]), len(checkpoint_bytes[1])]
+    info = Store(load_manifest(manifest), tmp_path / "c3").fetch("tiny_info", mirror_type="osf")
+    assert info.path.read_bytes() == (tmp_path / "v2" / "run" / "tiny_info.json").read_bytes()
 
 
 def test_a_create_whose_answer_was_lost_meets_409_and_is_done(tmp_path, osf, checkpoint_bytes, run_cli):
@@ -63,7 +65,7 @@ def test_a_create_whose_answer_was_lost_meets_409_and_is_done(tmp_path, osf, che
     code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]),
                                  "osf:lab01/checkpoints")
     assert code == 0, err
-    statuses = [r.status for r in osf.wb.log if r.method == "PUT"]
+    statuses = [r.status for r in osf.wb.log if r.method == "PUT" and "name=tiny.pt" in r.query]
     assert statuses == [None, 409], "the retry met the file the lost answer had made"
     assert osf.file_at("lab01", "/checkpoints/tiny.pt").version == 1
 
@@ -72,7 +74,7 @@ def test_upload_dropped_mid_body_is_sent_again(tmp_path, osf, checkpoint_bytes, 
     osf.wb.cut_upload(osf.folder_upload_path("lab01"), after=1000)
     code, out, err = publish_cli(run_cli, osf, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]), "osf:lab01")
     assert code == 0, err
-    assert [r.status for r in osf.wb.log if r.method == "PUT"] == [None, 201]
+    assert [r.status for r in osf.wb.log if r.method == "PUT" and "name=tiny.pt" in r.query] == [None, 201]
     assert osf.file_at("lab01", "/tiny.pt").blob.data == checkpoint_bytes[0]
 
 

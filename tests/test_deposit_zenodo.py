@@ -45,7 +45,10 @@ def test_draft_then_publish_then_new_version(tmp_path, zenodo, checkpoint_bytes,
     code, out, err = publish_cli(run_cli, zenodo, manifest, path, "--draft")
     assert code == 0, err
     (draft,) = zenodo.depositions.values()
-    assert draft.state == "unsubmitted" and draft.files == {"tiny.pt": checkpoint_bytes[0]}
+    info = tmp_path / "run" / "tiny_info.json"
+    assert draft.state == "unsubmitted" and draft.files == {"tiny.pt": checkpoint_bytes[0], "tiny_info.json":
+                                                             info.read_bytes()}
+    assert json.loads(info.read_text())["doi"] == f"10.5281/zenodo.{draft.id}", "the DOI reserved for the draft"
     assert draft.metadata["creators"] == [{"name": "Doe, Jane"}] and draft.metadata["license"] == "mit"
     assert {"identifier": "https://github.com/example/phasegpt", "relation": "isSupplementTo",
             "resource_type": "software"} in draft.metadata["related_identifiers"]
@@ -63,15 +66,20 @@ def test_draft_then_publish_then_new_version(tmp_path, zenodo, checkpoint_bytes,
     entry = load_manifest(manifest).artifact("tiny")
     assert [(m.doi, m.published) for m in zenodo_mirrors(manifest)] == [(doi, True)]
     assert entry.md5 == hashlib.md5(checkpoint_bytes[0]).hexdigest()
-    assert json.loads((tmp_path / "run" / "tiny_info.json").read_text())["doi"] == doi
+    assert json.loads(info.read_text())["doi"] == doi
     assert fetch_alone(manifest, tmp_path / "c1").path.read_bytes() == checkpoint_bytes[0]
+    (info_mirror,) = [m for m in load_manifest(manifest).artifact("tiny_info").mirrors if m.type == "zenodo"]
+    assert (info_mirror.doi, info_mirror.filename) == (doi, "tiny_info.json")
+    described = Store(load_manifest(manifest), tmp_path / "c1").fetch("tiny_info", mirror_type="zenodo")
+    assert json.loads(described.path.read_text())["doi"] == doi
 
     second = place(tmp_path / "v2", checkpoint_bytes[1])
     code, out, err = publish_cli(run_cli, zenodo, manifest, second, "--new-version", doi)
     assert code == 0, err
     newer = max(zenodo.depositions.values(), key=lambda d: d.id)
     assert newer.id != draft.id and newer.concept == draft.concept and newer.state == "done"
-    assert newer.files == {"tiny.pt": checkpoint_bytes[1]}
+    assert newer.files["tiny.pt"] == checkpoint_bytes[1] and set(newer.files) == {"tiny.pt", "tiny_info.json"}
+    assert json.loads(newer.files["tiny_info.json"])["doi"] == f"10.5281/zenodo.{newer.id}"
     assert zenodo.records[draft.id].files["tiny.pt"].data == checkpoint_bytes[0], "the first version is untouched"
     entry = load_manifest(manifest).artifact("tiny")
     assert [m.doi for m in zenodo_mirrors(manifest)] == [f"10.5281/zenodo.{newer.id}"]
@@ -109,7 +117,7 @@ def test_upload_dropped_mid_body_is_retried_without_a_duplicate(tmp_path, zenodo
     assert len(puts) == 2 and puts[0].status is None and puts[1].status == 201
     assert all(r.headers["Content-Length"] == str(len(checkpoint_bytes[0])) for r in puts)
     (deposition,) = zenodo.depositions.values()
-    assert list(deposition.files) == ["tiny.pt"] and deposition.state == "done"
+    assert list(deposition.files) == ["tiny.pt", "tiny_info.json"] and deposition.state == "done"
 
 
 def test_lost_publish_answer_is_read_back(tmp_path, zenodo, checkpoint_bytes, run_cli):
@@ -134,8 +142,7 @@ def test_5xx_on_publish_leaves_the_draft_and_the_manifest(tmp_path, zenodo, chec
     (line,) = error_lines(err)
     assert f"draft {upcoming}" in line and "left unpublished" in line
     assert not manifest.exists() and zenodo.records == {}
-    assert "doi" not in json.loads((tmp_path / "run" / "tiny_info.json").read_text()) or \
-        json.loads((tmp_path / "run" / "tiny_info.json").read_text())["doi"] is None
+    assert json.loads((tmp_path / "run" / "tiny_info.json").read_text())["doi"] is None, "no DOI nothing has"
 
     code, out, err = publish_cli(run_cli, zenodo, manifest, path)  # the same command resumes
     assert code == 0, err
@@ -163,8 +170,8 @@ def test_a_retried_put_whose_answer_was_lost_replaces_rather_than_duplicates(tmp
     assert code == 0, err
     assert [r.status for r in zenodo.requests_to(key_path)] == [None, 201], "stored, answer lost, stored again"
     (deposition,) = zenodo.depositions.values()
-    assert list(deposition.files) == ["tiny.pt"] and zenodo.records[deposition.id].files["tiny.pt"].data == \
-        checkpoint_bytes[0]
+    assert list(deposition.files) == ["tiny.pt", "tiny_info.json"]
+    assert zenodo.records[deposition.id].files["tiny.pt"].data == checkpoint_bytes[0]
 
 
 def test_sandbox_mints_a_test_prefix_doi_that_fetch_follows(tmp_path, checkpoint_bytes, run_cli, monkeypatch):

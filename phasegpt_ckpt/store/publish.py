@@ -141,11 +141,8 @@ def publish(
     info = build_info(name, ckpt.config, ckpt.training_state or {}, size=ours.size, sha256=ours.sha256,
                       validation=measured and measured.summary(), known=_known_info(info_file, ours))
     save_info(info, info_file)
-    deposited, uploads = (_deposit(deposit, name, filename, path, ours, info, current.artifacts.get(name))
-                          if deposit else (None, []))
-    if deposited is not None and deposited.doi:
-        info["doi"] = deposited.doi
-        save_info(info, info_file)
+    deposited, uploads = (_deposit(deposit, name, filename, path, ours, info, info_file, metadata_filename,
+                                   current.artifacts.get(name)) if deposit else (None, []))
     info_facts = hash_file(info_file)
 
     if to_dir is not None:
@@ -164,6 +161,7 @@ def publish(
         ckpt_mirrors.append(renamed(deposited.mirrors[uploads[0].key], filename) if split
                             else deposited.mirrors[filename])
         md5 = None if split else ours.md5  # Zenodo and OSF publish the md5 fetch compares first
+        info_mirrors += [deposited.mirrors[metadata_filename]] if metadata_filename in deposited.mirrors else []
     superseded = [_identity(_mirror_fields(m)) for m in (previous.mirrors if previous else [])
                   if deposit is not None and deposit.supersedes(m)]
     pieces = [{"filename": u.key, "size": u.facts.size, "sha256": u.facts.sha256} for u in uploads] if split else None
@@ -186,18 +184,34 @@ def publish(
 
 
 def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileFacts, info: dict[str, Any],
-             previous: Optional[Artifact]) -> tuple[Deposited, list[Upload]]:
-    """Upload the checkpoint (whole, or in parts over the provider's limit) and read each published copy back."""
+             info_file: Path, metadata_filename: str, previous: Optional[Artifact]) -> tuple[Deposited, list[Upload]]:
+    """Upload the checkpoint (whole, or in parts over the provider's limit) and its metadata JSON, which
+    carries the DOI the deposit will have; read each published copy back. The checkpoint's uploads."""
     same_bytes = previous is not None and previous.parts and previous.sha256 == ours.sha256
     listed = [part.size for part in previous.parts] if same_bytes else None  # another mirror's parts: keep them
     uploads = parts(path, deposit.limit, filename, listed) or [Upload(filename, path, ours)]
     if len(uploads) > 1:
         log.info(f"{path} has {ours.size} bytes, more than {deposit.describe()} takes in one file "
                  f"({deposit.limit}): uploading it in {len(uploads)} parts")
-    deposited = deposit.send(uploads, deposit_metadata(name, filename, info, ours, previous))
-    for upload in uploads:
-        mirror = deposited.mirrors[upload.key]
-        if mirror.published:  # what fetch will see: the provider's size and hashes, read back
+    metadata = deposit_metadata(name, filename, info, ours, previous)
+    promised = deposit.reserve(uploads, metadata)
+    if promised:
+        save_info({**info, "doi": promised}, info_file)
+    described = Upload(metadata_filename, info_file, hash_file(info_file, want_md5=True))
+    try:
+        deposited = deposit.send([*uploads, described], metadata)
+    except PhasegptError:
+        if promised:
+            save_info(info, info_file)  # no DOI that nothing was published under
+        raise
+    if deposited.doi and deposited.doi != promised:  # the copy deposited names the DOI the draft promised
+        log.warning(f"{deposit.describe()} minted {deposited.doi}, not the {promised} its draft promised: "
+                    f"{metadata_filename} there says {promised}, so it is not listed")
+        save_info({**info, "doi": deposited.doi}, info_file)
+        deposited.mirrors.pop(metadata_filename, None)
+    for upload in [*uploads, described]:
+        mirror = deposited.mirrors.get(upload.key)
+        if mirror is not None and mirror.published:  # what fetch will see: the provider's size and hashes, read back
             _checked(mirror, upload.facts)
     return deposited, uploads
 

@@ -6,7 +6,8 @@ before any byte moves) and how to upload :class:`Upload` s and prove the provide
 :func:`parts` and lists the mirrors the deposit returns, after reading them back.
 
     deposit = target("osf:abcde/checkpoints", endpoint=None)     # OsfDeposit; needs OSF_TOKEN
-    placed = deposit.send([Upload("best_model.pt", path, facts)], metadata)
+    doi = deposit.reserve([Upload("best_model.pt", path, facts)], metadata)   # None: OSF mints none
+    placed = deposit.send([Upload("best_model.pt", path, facts), Upload("best_model_info.json", ...)], metadata)
     placed.mirrors["best_model.pt"].describe()                   # 'osf abcde/checkpoints/best_model.pt'
 """
 from __future__ import annotations
@@ -111,6 +112,11 @@ class Deposit(ABC):
     @abstractmethod
     def describe(self) -> str:
         """The target as the user wrote it, for messages."""
+
+    def reserve(self, uploads: list[Upload], metadata: Metadata) -> Optional[str]:
+        """Prepare the deposit before its files are final; the DOI it will have, if the provider mints one
+        (written into the metadata JSON, which then travels with the checkpoint)."""
+        return None
 
     def supersedes(self, mirror: MirrorBase) -> bool:
         """Does the deposit replace ``mirror`` (an older version's record) in the manifest?"""

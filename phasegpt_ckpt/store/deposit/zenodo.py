@@ -24,6 +24,7 @@ from phasegpt_ckpt.store.deposit import Api, ApiError, Deposit, Deposited, Metad
 log = logging.getLogger(__name__)
 
 PER_FILE = 50 * 10**9  # the bucket API's limit per file (and per record), decimal bytes
+ZENODO_DOI, SANDBOX_DOI = "10.5281", "10.5072"  # DOIs are {prefix}/zenodo.{record id}; the sandbox's are test DOIs
 DEPOSITIONS = "/api/deposit/depositions"
 
 
@@ -37,6 +38,7 @@ class ZenodoDeposit(Deposit):
         self.new_version = _record_id(new_version) if new_version else None
         super().__init__(endpoint, (SANDBOX, ZENODO) if sandbox else (ZENODO, SANDBOX))
         self.sandbox, self.draft, self.limit = sandbox, draft, limit
+        self._deposition: Optional[dict] = None  # the draft (or record) this deposit fills
         self.api = Api(self.token, lambda url: web.on_origin(url, self.base), "Zenodo")
 
     def describe(self) -> str:
@@ -47,23 +49,35 @@ class ZenodoDeposit(Deposit):
         return (isinstance(mirror, ZenodoMirror) and self.new_version is not None and mirror.published
                 and mirror.record_id() == self.new_version)
 
-    def send(self, uploads: list[Upload], metadata: Metadata) -> Deposited:
+    def reserve(self, uploads: list[Upload], metadata: Metadata) -> Optional[str]:
+        """Find or make the draft (described by ``metadata``; ``uploads``: the checkpoint's, by which a record
+        already published is recognised); the DOI it has, or will have once published (``{prefix}/zenodo.{id}``)."""
         if not metadata.creators and not self.draft:
             raise BadInput('Zenodo publishes no record without creators: add "creators": ["Family, Given"] to the '
                            "metadata JSON (or publish with --draft and add them on Zenodo)")
         try:
-            return self._send(uploads, _fields(metadata))
+            self._deposition = self._draft(uploads, _fields(metadata))
+        except ApiError as err:
+            self.api.close()
+            raise _refused(err) from None
+        prefix = SANDBOX_DOI if self.sandbox else ZENODO_DOI
+        return self._deposition.get("doi") or f"{prefix}/zenodo.{self._deposition['id']}"
+
+    def send(self, uploads: list[Upload], metadata: Metadata) -> Deposited:
+        try:
+            if self._deposition is None:
+                self.reserve(uploads, metadata)
+            return self._send(self._deposition, uploads)
         except ApiError as err:
             raise _refused(err) from None
         finally:
             self.api.close()
 
-    def _send(self, uploads: list[Upload], fields: dict[str, Any]) -> Deposited:
-        deposition = self._draft(uploads, fields)
+    def _send(self, deposition: dict, uploads: list[Upload]) -> Deposited:
         where = f"draft {deposition['id']} ({deposition['links'].get('html', deposition['links']['self'])})"
         if deposition.get("submitted") and deposition.get("state") == "done":
             log.info(f"Zenodo record {deposition['id']} already holds these bytes: nothing to upload")
-            return self._deposited(deposition, uploads)
+            return self._deposited(deposition, [u for u in uploads if _holds(deposition, [u])])
         try:
             self._fill(deposition, uploads)
         except ApiError as err:
@@ -204,10 +218,10 @@ def _agrees(entry: Optional[dict], upload: Upload) -> Optional[str]:
 
 
 def _holds(deposition: dict, uploads: list[Upload]) -> bool:
-    """Does a (published) deposition list exactly these files with these bytes (legacy file entries)?"""
+    """Does a (published) deposition hold each of these files with these bytes (legacy file entries)?"""
     files = {f.get("filename"): f for f in deposition.get("files") or [] if isinstance(f, dict)}
-    return set(files) == {u.key for u in uploads} and all(
-        files[u.key].get("checksum") == u.facts.md5 and files[u.key].get("filesize") == u.facts.size for u in uploads)
+    return all(u.key in files and files[u.key].get("checksum") == u.facts.md5
+               and files[u.key].get("filesize") == u.facts.size for u in uploads)
 
 
 def _record_id(ref: str) -> str:
