@@ -143,3 +143,17 @@ def test_a_full_project_or_an_oversized_body_is_one_line_and_asked_once(tmp_path
     (line,) = error_lines(err)
     assert words in line and not (tmp_path / "m.yaml").exists()
     assert len([r for r in osf.wb.log if r.method == "PUT"]) == 1, "never retried"
+
+
+def test_uploads_report_their_progress(tmp_path, osf, checkpoint_bytes):
+    from phasegpt_ckpt.store.deposit.osf import OsfDeposit
+    from phasegpt_ckpt.store.publish import publish
+
+    seen: dict[str, list] = {}
+    publish(place(tmp_path, checkpoint_bytes[0]), "tiny", manifest=tmp_path / "home" / "m.yaml",
+            deposit=OsfDeposit("lab01", endpoint=osf.origin),
+            progress=lambda task, done, total, **_: seen.setdefault(task, []).append((done, total)))
+    sent = seen["upload tiny.pt"]
+    assert sent[-1] == (len(checkpoint_bytes[0]), len(checkpoint_bytes[0])) and len(sent) > 1
+    assert [done for done, _ in sent] == sorted(done for done, _ in sent)
+    assert "upload tiny_info.json" in seen

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -34,6 +34,7 @@ from phasegpt_ckpt.models.data import corpus_or_bundled
 from phasegpt_ckpt.proof.digest import FileFacts, hash_file
 from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
 from phasegpt_ckpt.proof.verify import describes, disagreement
+from phasegpt_ckpt.reporting import Progress
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.manifest import (
     Artifact,
@@ -100,6 +101,7 @@ def publish(
     to_dir: str | Path | None = None,
     deposit: Optional[Deposit] = None,
     known: Optional[Manifest] = None,
+    progress: Optional[Progress] = None,
 ) -> Published:
     """Add (or update) checkpoint ``path`` as artifact ``name`` in ``manifest``, with its metadata JSON.
 
@@ -116,6 +118,7 @@ def publish(
     ``deposit`` (:func:`~phasegpt_ckpt.store.deposit.target`: Zenodo, OSF Storage) uploads the checkpoint,
     in parts when it exceeds the provider's per-file limit, and lists it once the provider holds its
     bytes; a DOI Zenodo mints goes into the metadata JSON's ``doi``.
+    ``progress`` hears how far each deposit upload got.
     ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value, measured
     on ``data`` (default: the corpus bundled with the package).
 
@@ -142,7 +145,7 @@ def publish(
                       validation=measured and measured.summary(), known=_known_info(info_file, ours))
     save_info(info, info_file)
     deposited, uploads = (_deposit(deposit, name, filename, path, ours, info, info_file, metadata_filename,
-                                   current.artifacts.get(name)) if deposit else (None, []))
+                                   current.artifacts.get(name), progress) if deposit else (None, []))
     info_facts = hash_file(info_file)
 
     if to_dir is not None:
@@ -184,12 +187,14 @@ def publish(
 
 
 def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileFacts, info: dict[str, Any],
-             info_file: Path, metadata_filename: str, previous: Optional[Artifact]) -> tuple[Deposited, list[Upload]]:
+             info_file: Path, metadata_filename: str, previous: Optional[Artifact],
+             progress: Optional[Progress]) -> tuple[Deposited, list[Upload]]:
     """Upload the checkpoint (whole, or in parts over the provider's limit) and its metadata JSON, which
     carries the DOI the deposit will have; read each published copy back. The checkpoint's uploads."""
     same_bytes = previous is not None and previous.parts and previous.sha256 == ours.sha256
     listed = [part.size for part in previous.parts] if same_bytes else None  # another mirror's parts: keep them
     uploads = parts(path, deposit.limit, filename, listed) or [Upload(filename, path, ours)]
+    uploads = [replace(upload, progress=progress) for upload in uploads]
     if len(uploads) > 1:
         log.info(f"{path} has {ours.size} bytes, more than {deposit.describe()} takes in one file "
                  f"({deposit.limit}): uploading it in {len(uploads)} parts")
@@ -197,7 +202,7 @@ def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileF
     promised = deposit.reserve(uploads, metadata)
     if promised:
         save_info({**info, "doi": promised}, info_file)
-    described = Upload(metadata_filename, info_file, hash_file(info_file, want_md5=True))
+    described = Upload(metadata_filename, info_file, hash_file(info_file, want_md5=True), progress=progress)
     try:
         deposited = deposit.send([*uploads, described], metadata)
     except PhasegptError:

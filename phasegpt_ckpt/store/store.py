@@ -280,7 +280,7 @@ class Store:
         target = Path(manifest).expanduser() if manifest else self.manifest_path
         corpus = self.corpus(data) if measure or data is not None else None
         return publish(path, name, manifest=target, known=None if target else self.manifest, data=corpus,
-                       measure=measure, **options)
+                       measure=measure, progress=self.progress, **options)
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -25,6 +25,7 @@ import requests
 
 from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.proof.digest import FileFacts, Hasher
+from phasegpt_ckpt.reporting import Progress, report
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.base import MirrorBase
 
@@ -45,19 +46,23 @@ class Upload:
     path: Path
     facts: FileFacts  # of these bytes (the part's, for a part), md5 included
     offset: int = 0
+    progress: Optional[Progress] = None  # hears how many bytes were sent
 
     def open(self) -> "Slice":
-        return Slice(self.path, self.offset, self.facts.size)
+        """The bytes to send, afresh (a retry starts over)."""
+        return Slice(self.path, self.offset, self.facts.size,
+                     lambda sent: report(self.progress, f"upload {self.key}", sent, self.facts.size))
 
 
 class Slice(io.RawIOBase):
     """``size`` bytes of a file from ``offset``, read as a stream: a part is uploaded without being copied."""
 
-    def __init__(self, path: Path, offset: int, size: int):
+    def __init__(self, path: Path, offset: int, size: int, sent: Callable[[int], None] = lambda _: None):
         super().__init__()
         self._file = open(path, "rb")
         self._file.seek(offset)
         self._left = self._size = size
+        self._sent = sent
 
     def __len__(self) -> int:  # requests sends it as Content-Length
         return self._size
@@ -69,6 +74,7 @@ class Slice(io.RawIOBase):
         n = self._left if n is None or n < 0 else min(n, self._left)
         chunk = self._file.read(n)
         self._left -= len(chunk)
+        self._sent(self._size - self._left)
         return chunk
 
     def close(self) -> None:
