@@ -104,3 +104,16 @@ def test_parts_already_fetched_are_kept_when_another_fails(published, data, tmp_
     zenodo.set_faults(paths[1], None)
     assert store.fetch("tiny", mirror_type="zenodo").path.read_bytes() == data
     assert [len([r for r in zenodo.requests_to(p) if r.method == "GET"]) for p in paths] == [1, 2, 1]
+
+
+def test_a_whole_copy_on_disk_serves_a_split_artifact(tmp_path, data, osf_emulator, monkeypatch):
+    osf_emulator.add_node("lab01", write_token=OSF_TOKEN)
+    monkeypatch.setenv("OSF_TOKEN", OSF_TOKEN)
+    manifest = tmp_path / "manifest.yaml"  # the checkpoint lies in its folder: a local mirror of the whole
+    publish(place(tmp_path, data), "tiny", manifest=manifest,
+            deposit=OsfDeposit("lab01", endpoint=osf_emulator.origin, limit=LIMIT))
+    entry = load_manifest(manifest).artifact("tiny")
+    assert len(entry.parts) == 3 and [m.type for m in entry.mirrors] == ["local", "osf"]
+    requests_before = len(osf_emulator.wb.log)
+    fetched = Store(load_manifest(manifest), tmp_path / "cache").fetch("tiny")
+    assert fetched.path.read_bytes() == data and len(osf_emulator.wb.log) == requests_before

@@ -241,3 +241,19 @@ def test_a_draft_whose_creation_answer_was_lost_is_found_not_made_twice(tmp_path
     assert code == 0, err
     assert "although its answer was lost" in err
     assert len(zenodo.depositions) == (2 if extra else 1) and all(d.state == "done" for d in zenodo.depositions.values())
+
+
+def test_the_doi_replaces_the_placeholder_that_announced_it(tmp_path, zenodo, checkpoint_bytes, run_cli):
+    manifest = tmp_path / "home" / "m.yaml"
+    manifest.parent.mkdir()
+    manifest.write_text(
+        "version: 1\nartifacts:\n  tiny:\n    kind: checkpoint   # ours\n    filename: tiny.pt\n    mirrors:\n"
+        '      - {type: url, url: "https://example.org/tiny.pt", published: false}\n'
+        '      - {type: zenodo, doi: "10.5281/zenodo.XXXXXXX", filename: tiny.pt, published: false}  # to come\n')
+    code, out, err = publish_cli(run_cli, zenodo, manifest, place(tmp_path, checkpoint_bytes[0]))
+    assert code == 0, err
+    (record,) = zenodo.records
+    mirrors = load_manifest(manifest).artifact("tiny").mirrors
+    assert [(m.type, m.published) for m in mirrors] == [("url", False), ("zenodo", True)]
+    assert mirrors[1].doi == f"10.5281/zenodo.{record}" and "XXXXXXX" not in manifest.read_text()
+    assert "# ours" in manifest.read_text() and "# to come" in manifest.read_text()

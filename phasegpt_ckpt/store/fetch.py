@@ -232,9 +232,16 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
 
 def _from_parts(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
                 policy: Optional[RetryPolicy]) -> Fetched:
-    """An artifact kept in parts: each part (in parallel) from the first mirror that has it, checked against
+    """An artifact kept in parts: a whole copy on a ``local`` mirror if there is one, else each part (in
+    parallel) from the first mirror that has it, checked against
     its own sha256 and kept in the cache as an artifact of its own (a part fetched survives a failure of
     another), then joined and the whole verified."""
+    whole = [m for m in mirrors if isinstance(m, LocalMirror) and m.published and m.path.is_file()]
+    if whole:  # a copy of the whole on this disk (the one publish split): the whole verdict decides
+        try:
+            return _from_mirrors(store, artifact, whole, policy)
+        except MirrorsExhausted:
+            log.info(f"{artifact.name}: no whole copy on disk serves it; fetching its {len(artifact.parts)} parts")
     pieces = [_piece(artifact, index, mirrors) for index in range(len(artifact.parts))]
     with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(pieces))) as pool:
         got = list(pool.map(lambda piece: _fetch_piece(store, artifact, piece, policy), pieces))
