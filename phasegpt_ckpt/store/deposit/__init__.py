@@ -111,8 +111,13 @@ class Deposit(ABC):
     limit: int
 
     def __init__(self, endpoint: Optional[str], services: tuple[str, ...]):
-        self.endpoint = endpoint
-        self.base = endpoint or services[0]
+        if endpoint:
+            try:
+                web.check_url_allowed(endpoint)
+            except BadInput as err:
+                raise BadInput(f"--endpoint: {err}") from None
+        self.endpoint = endpoint.rstrip("/") if endpoint else None  # as a mirror's endpoint is written
+        self.base = self.endpoint or services[0]
         self.token = required_token(self.token_env, self.base, services)
 
     @abstractmethod

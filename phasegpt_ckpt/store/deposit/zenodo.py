@@ -45,9 +45,10 @@ class ZenodoDeposit(Deposit):
         return "zenodo-sandbox" if self.sandbox else "zenodo"
 
     def supersedes(self, mirror) -> bool:
-        """The record ``--new-version`` continues: the manifest lists the new version in its place."""
-        return (isinstance(mirror, ZenodoMirror) and self.new_version is not None and mirror.published
-                and mirror.record_id() == self.new_version)
+        """The record ``--new-version`` continues: the manifest lists the new version in its place (once it
+        is published; a draft waits beside it)."""
+        return (isinstance(mirror, ZenodoMirror) and self.new_version is not None and not self.draft
+                and mirror.published and mirror.record_id() == self.new_version)
 
     def reserve(self, uploads: list[Upload], metadata: Metadata) -> Optional[str]:
         """Find or make the draft (described by ``metadata``; ``uploads``: the checkpoint's, by which a record
