@@ -17,12 +17,15 @@ from typing import Optional
 
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, VerificationFailed
 from phasegpt_ckpt.proof.verify import disagreement
-from phasegpt_ckpt.source.mirrors.osf import OSF_API, OSFSTORAGE_LIMIT, PAGE_SIZE, OsfMirror, _token_may_go_to
+from phasegpt_ckpt.source.mirrors.osf import OSF_API, PAGE_SIZE, OsfMirror, _token_may_go_to
 from phasegpt_ckpt.store.deposit import TRANSIENT, Api, ApiError, Deposit, Deposited, Metadata, Upload
 
 log = logging.getLogger(__name__)
 
 NODE = re.compile(r"[A-Za-z0-9]+")
+# OSF's help caps a file in OSF Storage at 5 GB, and WaterButler refuses a body over 4.9 GiB (5,261,334,937
+# bytes) with a bare 400: the decimal 5 GB is under both readings.
+PER_FILE = 5 * 10**9
 
 
 class OsfDeposit(Deposit):
@@ -30,7 +33,7 @@ class OsfDeposit(Deposit):
 
     token_env = "OSF_TOKEN"
 
-    def __init__(self, where: str, *, endpoint: Optional[str] = None, limit: int = OSFSTORAGE_LIMIT):
+    def __init__(self, where: str, *, endpoint: Optional[str] = None, limit: int = PER_FILE):
         node, _, folder = where.strip("/").partition("/")
         if not NODE.fullmatch(node):
             raise BadInput(f"--to osf:{where}: write osf:NODE or osf:NODE/folder (NODE: the project's id, as abcde)")
@@ -42,7 +45,8 @@ class OsfDeposit(Deposit):
         return f"osf:{'/'.join([self.node, *self.folders])}"
 
     def send(self, uploads: list[Upload], metadata: Metadata) -> Deposited:
-        """OSF Storage keeps no record metadata: the files alone (their metadata JSON travels beside, if asked)."""
+        """Upload each file into the folder. OSF Storage keeps no record metadata: ``metadata`` goes unused (the
+        metadata JSON, one of the uploads, says it all)."""
         try:
             folder = self._folder()
             return Deposited({upload.key: self._put(folder, upload) for upload in uploads},
