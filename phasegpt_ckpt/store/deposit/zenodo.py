@@ -81,6 +81,9 @@ class ZenodoDeposit(Deposit):
             return self._deposited(deposition, [u for u in uploads if _holds(deposition, [u])])
         try:
             self._fill(deposition, uploads)
+        except KeyboardInterrupt:
+            log.warning(f"interrupted: {where} is left unpublished; the same command again resumes it")
+            raise
         except ApiError as err:
             raise MirrorsExhausted(f"uploading to Zenodo failed: {err.reason}; {where} is left unpublished: run "
                                    "the same command again to resume, or discard it") from None
