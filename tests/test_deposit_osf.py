@@ -157,3 +157,25 @@ def test_uploads_report_their_progress(tmp_path, osf, checkpoint_bytes):
     assert sent[-1] == (len(checkpoint_bytes[0]), len(checkpoint_bytes[0])) and len(sent) > 1
     assert [done for done, _ in sent] == sorted(done for done, _ in sent)
     assert "upload tiny_info.json" in seen
+
+
+def test_a_5xx_is_asked_again_and_a_lasting_one_lists_nothing(tmp_path, osf, checkpoint_bytes, run_cli):
+    from emulators.fileserver import Faults
+
+    from phasegpt_ckpt.errors import MirrorsExhausted
+    from phasegpt_ckpt.source.web import RetryPolicy
+    from phasegpt_ckpt.store.deposit.osf import OsfDeposit
+    from phasegpt_ckpt.store.publish import publish
+
+    path = place(tmp_path, checkpoint_bytes[0])
+    osf.wb.set_faults(osf.folder_upload_path("lab01"), Faults(status=503, methods=("PUT",), times=1))
+    assert publish_cli(run_cli, osf, tmp_path / "a.yaml", path, "osf:lab01")[0] == 0
+    assert [r.status for r in osf.wb.log if "name=tiny.pt" in r.query] == [503, 201]
+
+    osf.wb.set_faults(osf.wb_path(osf.file_at("lab01", "/tiny.pt")), Faults(status=502, methods=("PUT",)))
+    fast = RetryPolicy(attempts=3, backoff=0.01, max_backoff=0.02)
+    with pytest.raises(MirrorsExhausted, match=r"HTTP 502\).*nothing was listed"):
+        publish(place(tmp_path / "v2", checkpoint_bytes[1]), "tiny", manifest=tmp_path / "b.yaml",
+                deposit=OsfDeposit("lab01", endpoint=osf.origin, policy=fast))
+    assert not (tmp_path / "b.yaml").exists()
+    assert [r.status for r in osf.wb.log if r.method == "PUT"][-3:] == [502, 502, 502]

@@ -18,7 +18,8 @@ from typing import Optional
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, VerificationFailed
 from phasegpt_ckpt.proof.verify import disagreement
 from phasegpt_ckpt.source.mirrors.osf import OSF_API, PAGE_SIZE, OsfMirror, _token_may_go_to
-from phasegpt_ckpt.store.deposit import TRANSIENT, Api, ApiError, Deposit, Deposited, Metadata, Upload
+from phasegpt_ckpt.source import web
+from phasegpt_ckpt.store.deposit import DEPOSIT_RETRY, TRANSIENT, Api, ApiError, Deposit, Deposited, Metadata, Upload
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,14 @@ class OsfDeposit(Deposit):
 
     token_env = "OSF_TOKEN"
 
-    def __init__(self, where: str, *, endpoint: Optional[str] = None, limit: int = PER_FILE):
+    def __init__(self, where: str, *, endpoint: Optional[str] = None, limit: int = PER_FILE,
+                 policy: web.RetryPolicy = DEPOSIT_RETRY):
         node, _, folder = where.strip("/").partition("/")
         if not NODE.fullmatch(node):
             raise BadInput(f"--to osf:{where}: write osf:NODE or osf:NODE/folder (NODE: the project's id, as abcde)")
         self.node, self.folders, self.limit = node, [f for f in folder.split("/") if f], limit
         super().__init__(endpoint, (OSF_API,))
-        self.api = Api(self.token, lambda url: _token_may_go_to(url, self.base), "OSF")
+        self.api = Api(self.token, lambda url: _token_may_go_to(url, self.base), "OSF", policy)
 
     def describe(self) -> str:
         return f"osf:{'/'.join([self.node, *self.folders])}"

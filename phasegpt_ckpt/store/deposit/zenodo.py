@@ -19,7 +19,7 @@ from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, VerificationFailed
 from phasegpt_ckpt.proof.verify import disagreement
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.mirrors.zenodo import DOI, SANDBOX, ZENODO, ZenodoMirror
-from phasegpt_ckpt.store.deposit import Api, ApiError, Deposit, Deposited, Metadata, Upload
+from phasegpt_ckpt.store.deposit import DEPOSIT_RETRY, Api, ApiError, Deposit, Deposited, Metadata, Upload
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +34,12 @@ class ZenodoDeposit(Deposit):
     token_env = "ZENODO_TOKEN"
 
     def __init__(self, *, sandbox: bool = False, endpoint: Optional[str] = None, draft: bool = False,
-                 new_version: Optional[str] = None, limit: int = PER_FILE):
+                 new_version: Optional[str] = None, limit: int = PER_FILE, policy: web.RetryPolicy = DEPOSIT_RETRY):
         self.new_version = _record_id(new_version) if new_version else None
         super().__init__(endpoint, (SANDBOX, ZENODO) if sandbox else (ZENODO, SANDBOX))
         self.sandbox, self.draft, self.limit = sandbox, draft, limit
         self._deposition: Optional[dict] = None  # the draft (or record) this deposit fills
-        self.api = Api(self.token, lambda url: web.on_origin(url, self.base), "Zenodo")
+        self.api = Api(self.token, lambda url: web.on_origin(url, self.base), "Zenodo", policy)
 
     def describe(self) -> str:
         return "zenodo-sandbox" if self.sandbox else "zenodo"
