@@ -17,8 +17,8 @@ from typing import Optional
 
 from phasegpt_ckpt.errors import BadInput, MirrorsExhausted, VerificationFailed
 from phasegpt_ckpt.proof.verify import disagreement
-from phasegpt_ckpt.source.mirrors.osf import OSF_API, PAGE_SIZE, OsfMirror, _token_may_go_to
 from phasegpt_ckpt.source import web
+from phasegpt_ckpt.source.mirrors.osf import OSF_API, PAGE_SIZE, OsfMirror, _token_may_go_to
 from phasegpt_ckpt.store.deposit import DEPOSIT_RETRY, TRANSIENT, Api, ApiError, Deposit, Deposited, Metadata, Upload
 
 log = logging.getLogger(__name__)
