@@ -204,7 +204,11 @@ def test_upload_without_write_access_is_one_line_and_leaves_the_manifest(lab, hu
 
 
 @pytest.mark.parametrize("args, words", [
-    (["--to", "zenodo:123"], "uploads go to the Hub"),
+    (["--to", "zenodo:123"], "write --to zenodo (a new record) or add --new-version RECORD"),
+    (["--to", "osf:ab/cd", "--draft"], "--draft and --new-version go with --to zenodo"),
+    (["--to", "osf:a.b"], "write osf:NODE or osf:NODE/folder"),
+    (["--to", "zenodo", "--new-version", "abc"], "give the record id or DOI"),
+    (["--to", "osf:lab01", "--endpoint", "http://example.org"], "--endpoint: refusing plain http://"),
     (["--to", "hf:not a repo"], "is not a Hub repository id"),
     (["--to", "hf:phasegpt-tiny"], "names no namespace: write ORG/phasegpt-tiny"),
     (["--to", "hf:lab/tiny.git"], "not a Hub repository id"),

@@ -228,3 +228,58 @@ def test_osf_token_never_follows_a_redirect_off_waterbutler(corpus, tmp_path, ca
         assert osf.wb.log and all(r.authorization == f"Bearer {OSF_TOKEN}" for r in osf.wb.log)
         assert storage.log and all(r.authorization is None for r in storage.log)
     assert OSF_TOKEN not in readable_everywhere(tmp_path, caplog)
+
+
+# -- publishing: Zenodo deposits and OSF uploads ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, corpus_path) -> bytes:
+    from deposit_files import two_checkpoints
+
+    return two_checkpoints(tmp_path_factory.mktemp("secret-checkpoints"), corpus_path)[0]
+
+
+def publish_everywhere_readable(tmp_path: Path, caplog, printed: str) -> str:
+    """All a person could read after a publish: output, logs, every file written, the manifest included."""
+    manifest = tmp_path / "home" / "manifest.yaml"
+    return readable_everywhere(tmp_path, caplog, printed) + (manifest.read_text() if manifest.exists() else "")
+
+
+@pytest.mark.parametrize("fault, code", [
+    (None, 0), (Faults(status=500, methods=("POST",), echo_authorization=True), 3)],
+    ids=["success", "publish-500-echoing-the-token"])
+def test_zenodo_token_never_shows_when_publishing(zenodo_emulator, checkpoint, tmp_path, caplog, run_cli, monkeypatch,
+                                                  fault, code):
+    from deposit_files import place
+
+    zenodo_emulator.allow(ZENODO_TOKEN)
+    monkeypatch.setenv("ZENODO_TOKEN", ZENODO_TOKEN)
+    if fault:
+        zenodo_emulator.set_faults(zenodo_emulator.deposition_path(zenodo_emulator.next_id(), "publish"), fault)
+    exit_code, out, err = run_cli("publish", place(tmp_path, checkpoint), "--name", "tiny", "--manifest",
+                                  tmp_path / "home" / "manifest.yaml", "--to", "zenodo", "--endpoint",
+                                  zenodo_emulator.origin)
+    assert exit_code == code, err
+    assert zenodo_emulator.log and all(r.authorization == f"Bearer {ZENODO_TOKEN}" for r in zenodo_emulator.log)
+    assert code == 0 or "request had Authorization" in err, "the server did echo it"
+    assert ZENODO_TOKEN not in publish_everywhere_readable(tmp_path, caplog, out + err)
+
+
+@pytest.mark.parametrize("token, code", [(OSF_TOKEN, 0), ("osfSomeoneElsesTokenNeverShown99", 2)],
+                         ids=["success", "403-echoing-the-token"])
+def test_osf_token_never_shows_when_publishing(osf_emulator, checkpoint, tmp_path, caplog, run_cli, monkeypatch,
+                                               token, code):
+    from deposit_files import place
+
+    osf_emulator.add_node("lab01", write_token=OSF_TOKEN)
+    osf_emulator.wb.set_faults(osf_emulator.folder_upload_path("lab01"), Faults(echo_authorization=True, methods=("PUT",)))
+    monkeypatch.setenv("OSF_TOKEN", token)
+    exit_code, out, err = run_cli("publish", place(tmp_path, checkpoint), "--name", "tiny", "--manifest",
+                                  tmp_path / "home" / "manifest.yaml", "--to", "osf:lab01", "--endpoint",
+                                  osf_emulator.origin)
+    assert exit_code == code, err
+    for server in (osf_emulator, osf_emulator.wb):
+        assert server.log and all(r.authorization == f"Bearer {token}" for r in server.log)
+    assert code == 0 or "request had Authorization" in err, "the server did echo it"
+    assert token not in publish_everywhere_readable(tmp_path, caplog, out + err)

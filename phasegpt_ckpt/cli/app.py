@@ -413,9 +413,19 @@ def publish(
                                             "the shipped one; the installed package is never written)."),
     to: Optional[str] = typer.Option(None, "--to", help="Where to publish: hf:ORG/REPO uploads to the Hub (created if "
                                      "your token may; token from HF_TOKEN or the saved login; the mirror is pinned to "
-                                     "the commit), a folder copies the files there as a local mirror."),
-    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Hub endpoint for --to (default: $HF_ENDPOINT, "
-                                           "else huggingface.co); written into the mirror when given."),
+                                     "the commit); zenodo or zenodo-sandbox deposits it and mints a DOI (ZENODO_TOKEN); "
+                                     "osf:NODE[/folder] uploads it to the project's OSF Storage (OSF_TOKEN); a folder "
+                                     "copies the files there as a local mirror. A file over the provider's per-file "
+                                     "limit goes in parts."),
+    endpoint: Optional[str] = typer.Option(None, "--endpoint", help="Service endpoint for --to (Hub default: "
+                                           "$HF_ENDPOINT, else huggingface.co; Zenodo, OSF API: their own); written "
+                                           "into the mirror when given."),
+    draft: bool = typer.Option(False, "--draft", help="With --to zenodo: upload and describe, but leave the record "
+                               "unpublished for a person to review (publish later by running the same command "
+                               "without --draft)."),
+    new_version: Optional[str] = typer.Option(None, "--new-version", help="With --to zenodo: publish as a new version "
+                                              "of this record (id or DOI of the latest version); the concept DOI "
+                                              "stays."),
     record: Optional[list[str]] = typer.Option(None, "--record", help="List a record published by hand, once its "
                                                "size and hash agree with the file: zenodo:ID, zenodo:DOI or osf:GUID."),
     evaluate: bool = typer.Option(False, "--eval", help="Measure validation PPL and R in float32 and write them "
@@ -431,11 +441,14 @@ def publish(
     The manifest keeps its order and comments; it is validated before it is replaced."""
     from dataclasses import asdict
 
+    from phasegpt_ckpt.store.deposit import target
     from phasegpt_ckpt.store.publish import parse_target
 
-    hub_repo, to_dir = parse_target(to) if to else (None, None)
+    deposit = target(to or "", endpoint=endpoint, draft=draft, new_version=new_version)  # its token, checked now
+    hub_repo, to_dir = parse_target(to) if to and deposit is None else (None, None)
     published = _store().publish(
-        path, name, manifest=manifest, hub_repo=hub_repo, to_dir=to_dir, endpoint=endpoint,
+        path, name, manifest=manifest, hub_repo=hub_repo, to_dir=to_dir, deposit=deposit,
+        endpoint=None if deposit else endpoint,
         records=record or [], measure=evaluate, data=data, device=device,
         **({} if tolerance is None else {"tolerance": tolerance}))  # else publish's own default
     if json_output:
@@ -444,6 +457,12 @@ def publish(
     for claim, c in published.claims.items():
         console.stdout.print(f"  claim {claim}: {c['value']:g} ± {c['tolerance']:g}", markup=False)
     console.stdout.print(f"  metadata {published.metadata}: {published.metadata_path}", markup=False)
+    if published.parts:
+        console.stdout.print(f"  kept in {published.parts} parts (the provider's per-file limit)", markup=False)
+    if published.doi:
+        console.stdout.print(f"  doi {published.doi}", markup=False)
+    elif published.deposit:
+        console.stdout.print(f"  deposit {published.deposit}", markup=False)
     console.stdout.print(f"  mirrors: {', '.join(published.mirrors) or 'none'}", markup=False)
     console.stdout.print(f"  manifest {published.manifest} updated", markup=False)
 

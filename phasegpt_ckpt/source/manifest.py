@@ -83,8 +83,28 @@ class ClaimedValue(BaseModel):
     tolerance: float = Field(ge=0)
 
 
+def _plain(filename: str) -> str:
+    if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
+        raise ValueError(f"filename must be a plain file name without a path, got {filename!r}")
+    return filename
+
+
+class Part(BaseModel):
+    """One piece of an artifact kept in ordered parts (a provider's per-file limit): its file and bytes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    filename: Annotated[str, AfterValidator(_plain)]
+    size: Size
+    sha256: Sha256
+
+
 class Artifact(BaseModel):
-    """One file: its kind, its name on disk, the bytes it must have and the mirrors that serve it."""
+    """One file: its kind, its name on disk, the bytes it must have and the mirrors that serve it.
+
+    ``parts``: the file is kept by its mirrors as these ordered pieces (each beside where the whole
+    would be, under its own filename); fetch joins them and verifies the whole's size and sha256.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +114,7 @@ class Artifact(BaseModel):
     size: Optional[Size] = None
     sha256: Optional[Sha256] = None
     md5: Optional[Md5] = None  # where a provider publishes md5 only (Zenodo), checked before any byte moves
+    parts: Optional[list[Part]] = None
     metadata: Optional[str] = None
     claims: dict[str, ClaimedValue] = {}
     mirrors: list[Mirror] = []
@@ -101,9 +122,17 @@ class Artifact(BaseModel):
     @field_validator("filename")
     @classmethod
     def _plain_filename(cls, filename: str) -> str:
-        if not filename or filename in (".", "..") or "/" in filename or "\\" in filename or "\0" in filename:
-            raise ValueError(f"filename must be a plain file name without a path, got {filename!r}")
-        return filename
+        return _plain(filename)
+
+    @model_validator(mode="after")
+    def _parts_make_the_whole(self) -> "Artifact":
+        if self.parts is None:
+            return self
+        if not self.parts or self.sha256 is None or self.size is None:
+            raise ValueError("an artifact in parts needs at least one part, and the whole file's size and sha256")
+        if sum(part.size for part in self.parts) != self.size:
+            raise ValueError(f"its parts hold {sum(p.size for p in self.parts)} bytes, not the {self.size} of size")
+        return self
 
     @field_validator("mirrors")
     @classmethod
@@ -181,6 +210,26 @@ class Manifest(BaseModel):
             known = ", ".join(self.artifacts) or "none"
             raise BadInput(f"unknown artifact {name!r} (the manifest has {known})")
         return self.artifacts[name]
+
+
+def renamed(mirror: Mirror, filename: str) -> Optional[Mirror]:
+    """``mirror`` pointed at ``filename`` beside the file it names (where a part of it lies), or None
+    when the mirror names its file by an id that says nothing of its neighbours (a guid, a Drive id).
+
+    >>> from phasegpt_ckpt.source.mirrors.osf import OsfMirror
+    >>> renamed(OsfMirror(node="abcde", path="ckpt/big.pt"), "big.pt.001-of-002").describe()
+    'osf abcde/ckpt/big.pt.001-of-002'
+    """
+    fields = type(mirror).model_fields
+    if "filename" in fields and getattr(mirror, "filename", None):
+        return mirror.model_copy(update={"filename": filename})
+    if "path" in fields and getattr(mirror, "path", None) is not None:
+        path = mirror.path
+        beside = path.with_name(filename) if isinstance(path, Path) else f"{path.rpartition('/')[0]}/{filename}"
+        return mirror.model_copy(update={"path": beside if isinstance(path, Path) else beside.lstrip("/")})
+    if "url" in fields:
+        return mirror.model_copy(update={"url": mirror.url.rpartition("/")[0] + "/" + filename})
+    return None
 
 
 def load_manifest(path: str | Path | None = None) -> Manifest:

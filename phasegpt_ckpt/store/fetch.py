@@ -14,7 +14,9 @@ outcome is recorded; a mirror's failure never escapes as such.
 from __future__ import annotations
 
 import logging
+import os
 import stat
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -23,10 +25,10 @@ import requests
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
 from phasegpt_ckpt.paths import user_path
-from phasegpt_ckpt.proof.digest import FileFacts
+from phasegpt_ckpt.proof.digest import FileFacts, Hasher
 from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
 from phasegpt_ckpt.proof.verify import disagreement, mismatch
-from phasegpt_ckpt.source.manifest import Artifact
+from phasegpt_ckpt.source.manifest import Artifact, renamed
 from phasegpt_ckpt.source.mirrors import TYPES, resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
@@ -37,6 +39,9 @@ if TYPE_CHECKING:
     from phasegpt_ckpt.store.store import Store
 
 log = logging.getLogger(__name__)
+
+PARALLEL_PARTS = 4  # parts of one artifact downloaded at once
+JOIN_CHUNK = 4 * 1024 * 1024
 
 
 @dataclass
@@ -87,7 +92,11 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
                     summary="offline, not cached",
                 )
         if fetched is None:
-            fetched = _from_mirrors(store, artifact, mirrors, policy)
+            fetched = (_from_parts if artifact.parts else _from_mirrors)(store, artifact, mirrors, policy)
+    for index in range(len(artifact.parts or [])):  # once the whole is in: the cache lock released, blobs too
+        name = _piece_name(artifact, index)
+        if store.cache.receipt(name) is not None:
+            store.cache.remove(name, wait=True)
     if dest is not None:
         fetched.path = place(fetched.path, dest, artifact.filename)
     return fetched
@@ -221,6 +230,71 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
             fetched.outcomes = outcomes + fetched.outcomes
             return fetched
     raise MirrorsExhausted(_exhausted(store, artifact, outcomes), outcomes, summary=_tried(outcomes))
+
+
+def _from_parts(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
+                policy: Optional[RetryPolicy]) -> Fetched:
+    """An artifact kept in parts: a whole copy on a ``local`` mirror if there is one, else each part (in
+    parallel) from the first mirror that has it, checked against
+    its own sha256 and kept in the cache as an artifact of its own (a part fetched survives a failure of
+    another), then joined and the whole verified."""
+    whole = [m for m in mirrors if isinstance(m, LocalMirror) and m.published and m.path.is_file()]
+    if whole:  # a copy of the whole on this disk (the one publish split): the whole verdict decides
+        try:
+            return _from_mirrors(store, artifact, whole, policy)
+        except MirrorsExhausted:
+            log.info(f"{artifact.name}: no whole copy on disk serves it; fetching its {len(artifact.parts)} parts")
+    pieces = [_piece(artifact, index, mirrors) for index in range(len(artifact.parts))]
+    with ThreadPoolExecutor(max_workers=min(PARALLEL_PARTS, len(pieces))) as pool:
+        got = list(pool.map(lambda piece: _fetch_piece(store, artifact, piece, policy), pieces))
+    joined = _join(store.cache.part_path(artifact, mirrors[0]) if mirrors else store.cache.path(artifact), got)
+    problem = mismatch(joined, size=artifact.size, sha256=artifact.sha256)
+    if problem is not None:
+        joined.path.unlink(missing_ok=True)
+        raise VerificationFailed(f"{artifact.name}: its {len(got)} parts, each as the manifest says, join into other "
+                                 f"bytes than the whole file ({problem[1]}): the manifest's parts are wrong")
+    pin = "pinned (manifest sha256)"
+    path = store.cache.store(artifact, joined, pin=pin)
+    outcomes = [o for fetched in got for o in fetched.outcomes]
+    return Fetched(path, joined.size, joined.sha256, origin=joined.origin, name=artifact.name, outcomes=outcomes,
+                   pinned=True, pin=pin)
+
+
+def _piece(artifact: Artifact, index: int, mirrors: list[MirrorBase]) -> Artifact:
+    """Part ``index`` of ``artifact`` as an artifact of its own, served beside the whole by each mirror that can."""
+    part = artifact.parts[index]
+    beside = [m for m in (renamed(mirror, part.filename) for mirror in mirrors) if m is not None]
+    return Artifact(name=_piece_name(artifact, index), kind=artifact.kind, filename=part.filename,
+                    size=part.size, sha256=part.sha256, mirrors=beside)
+
+
+def _piece_name(artifact: Artifact, index: int) -> str:
+    return f"{artifact.name}.part{index + 1:03d}"
+
+
+def _fetch_piece(store: "Store", artifact: Artifact, piece: Artifact, policy: Optional[RetryPolicy]) -> Fetched:
+    with store.cache.lock(piece.name):
+        try:
+            return _from_cache(piece, store.cache) or _from_mirrors(store, piece, piece.mirrors, policy)
+        except MirrorsExhausted as err:
+            raise MirrorsExhausted(f"{artifact.name}: part {piece.filename}: {err}", err.outcomes,
+                                   summary=err.summary) from None
+
+
+def _join(target: Path, got: list[Fetched]) -> FileFacts:
+    """The parts written one after another into ``target``, hashed on the way (judged by the caller)."""
+    hasher = Hasher()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target, "wb") as out:
+        for fetched in got:
+            with open(fetched.path, "rb") as part:
+                while chunk := part.read(JOIN_CHUNK):
+                    hasher.update(chunk)
+                    out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+    origins = ", ".join(dict.fromkeys(fetched.origin for fetched in got))
+    return FileFacts(target, target.stat().st_size, hasher.hexdigests()["sha256"], origin=f"parts from {origins}")
 
 
 def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: requests.Session,

@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
@@ -34,14 +34,24 @@ from phasegpt_ckpt.models.data import corpus_or_bundled
 from phasegpt_ckpt.proof.digest import FileFacts, hash_file
 from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
 from phasegpt_ckpt.proof.verify import describes, disagreement
+from phasegpt_ckpt.reporting import Progress
 from phasegpt_ckpt.source import web
-from phasegpt_ckpt.source.manifest import ArtifactName, Manifest, first_error, load_manifest, user_manifest_path
+from phasegpt_ckpt.source.manifest import (
+    Artifact,
+    ArtifactName,
+    Manifest,
+    first_error,
+    load_manifest,
+    renamed,
+    user_manifest_path,
+)
 from phasegpt_ckpt.source.mirrors import resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.hf import CARD_FILENAME, REPO_ID, HfMirror
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
 from phasegpt_ckpt.source.mirrors.osf import OsfMirror
 from phasegpt_ckpt.source.mirrors.zenodo import ZenodoMirror
+from phasegpt_ckpt.store.deposit import Deposit, Deposited, Metadata, Upload, parts
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +64,7 @@ log = logging.getLogger(__name__)
 # by which phasegpt-tiny's validation PPL fell over its last epoch (7.657 to 7.428): another checkpoint
 # of the same run fails it.
 DEFAULT_TOLERANCE = 0.005
-ENTRY_KEYS = ("kind", "filename", "size", "sha256", "md5", "metadata", "claims", "mirrors")  # the order entries are written in
+ENTRY_KEYS = ("kind", "filename", "size", "sha256", "md5", "parts", "metadata", "claims", "mirrors")  # the order entries are written in
 
 
 @dataclass
@@ -71,6 +81,9 @@ class Published:
     claims: dict[str, dict[str, float]] = field(default_factory=dict)
     mirrors: list[str] = field(default_factory=list)  # the checkpoint's mirrors, in the manifest's order
     revision: Optional[str] = None  # the Hub commit, when uploaded
+    doi: Optional[str] = None  # minted by Zenodo, when published there
+    parts: int = 0  # how many parts the file was split into (0: kept whole)
+    deposit: str = ""  # where a Zenodo or OSF deposit is (a draft's address)
 
 
 def publish(
@@ -86,7 +99,9 @@ def publish(
     data: str | Path | None = None,
     device: str = "cpu",
     to_dir: str | Path | None = None,
+    deposit: Optional[Deposit] = None,
     known: Optional[Manifest] = None,
+    progress: Optional[Progress] = None,
 ) -> Published:
     """Add (or update) checkpoint ``path`` as artifact ``name`` in ``manifest``, with its metadata JSON.
 
@@ -100,6 +115,10 @@ def publish(
     Hub mirrors to it; ``records`` ("zenodo:ID", "zenodo:DOI",
     "osf:GUID", or mirror entries) are listed after their published size and hash agree with the file.
     ``to_dir`` copies both files into that folder and lists them there as ``local`` mirrors.
+    ``deposit`` (:func:`~phasegpt_ckpt.store.deposit.target`: Zenodo, OSF Storage) uploads the checkpoint,
+    in parts when it exceeds the provider's per-file limit, and lists it once the provider holds its
+    bytes; a DOI Zenodo mints goes into the metadata JSON's ``doi``.
+    ``progress`` hears how far each deposit upload got.
     ``measure`` records the measured validation PPL and R as claims, ± ``tolerance`` × value, measured
     on ``data`` (default: the corpus bundled with the package).
 
@@ -111,7 +130,7 @@ def publish(
     current = known if known is not None else _existing(manifest_path)
     filename, metadata_name, metadata_filename = _names(current, name, path)
     hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
-    _require_a_mirror(current, name, manifest_path, path, hub or records or to_dir)
+    _require_a_mirror(current, name, manifest_path, path, hub or records or to_dir or deposit)
     ours = hash_file(path, want_md5=True)
     recorded = [_record_mirror(r, filename) for r in records]
     published_md5 = [_checked(mirror, ours).md5 is not None for mirror in recorded]
@@ -125,6 +144,8 @@ def publish(
     info = build_info(name, ckpt.config, ckpt.training_state or {}, size=ours.size, sha256=ours.sha256,
                       validation=measured and measured.summary(), known=_known_info(info_file, ours))
     save_info(info, info_file)
+    deposited, uploads = (_deposit(deposit, name, filename, path, ours, info, info_file, metadata_filename,
+                                   current.artifacts.get(name), progress) if deposit else (None, []))
     info_facts = hash_file(info_file)
 
     if to_dir is not None:
@@ -138,9 +159,19 @@ def publish(
         ckpt_mirrors.append(_uploaded(hub, filename, revision, ours))
         info_mirrors.append(_uploaded(hub, metadata_filename, revision, info_facts))
     ckpt_mirrors += recorded
+    split = len(uploads) > 1
+    if deposited is not None:
+        ckpt_mirrors.append(renamed(deposited.mirrors[uploads[0].key], filename) if split
+                            else deposited.mirrors[filename])
+        md5 = None if split else ours.md5  # Zenodo and OSF publish the md5 fetch compares first
+        info_mirrors += [deposited.mirrors[metadata_filename]] if metadata_filename in deposited.mirrors else []
+    superseded = [_identity(_mirror_fields(m)) for m in (previous.mirrors if previous else [])
+                  if deposit is not None and deposit.supersedes(m)]
+    pieces = [{"filename": u.key, "size": u.facts.size, "sha256": u.facts.sha256} for u in uploads] if split else None
     entries = {
         name: {"kind": "checkpoint", "filename": filename, "size": ours.size, "sha256": ours.sha256,
-               **({"md5": md5} if md5 else {}), "metadata": metadata_name, "claims": claims, "mirrors": ckpt_mirrors},
+               **({"md5": md5} if md5 else {}), "parts": [_flow(p) for p in pieces] if pieces else None,
+               "metadata": metadata_name, "claims": claims, "mirrors": ckpt_mirrors, "superseded": superseded},
         metadata_name: {"kind": "metadata", "filename": metadata_filename, "size": info_facts.size,
                         "sha256": info_facts.sha256, "mirrors": info_mirrors},
     }
@@ -148,7 +179,74 @@ def publish(
         _warn_stale(current, entry_name, entry)
     updated = update_manifest(manifest_path, entries)
     return Published(name, path, ours.size, ours.sha256, metadata_name, info_file, manifest_path, claims,
-                     [m.describe() for m in updated.artifact(name).mirrors], revision)
+                     [m.describe() for m in updated.artifact(name).mirrors], revision,
+                     deposited and deposited.doi, len(pieces or []), deposited.note if deposited else "")
+
+
+# -- Zenodo and OSF deposits ------------------------------------------------------------------------
+
+
+def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileFacts, info: dict[str, Any],
+             info_file: Path, metadata_filename: str, previous: Optional[Artifact],
+             progress: Optional[Progress]) -> tuple[Deposited, list[Upload]]:
+    """Upload the checkpoint (whole, or in parts over the provider's limit) and its metadata JSON, which
+    carries the DOI the deposit will have; read each published copy back. The checkpoint's uploads."""
+    same_bytes = previous is not None and previous.parts and previous.sha256 == ours.sha256
+    listed = [part.size for part in previous.parts] if same_bytes else None  # another mirror's parts: keep them
+    uploads = parts(path, deposit.limit, filename, listed) or [Upload(filename, path, ours)]
+    uploads = [replace(upload, progress=progress) for upload in uploads]
+    if len(uploads) > 1:
+        log.info(f"{path} has {ours.size} bytes, more than {deposit.describe()} takes in one file "
+                 f"({deposit.limit}): uploading it in {len(uploads)} parts")
+    metadata = deposit_metadata(name, filename, info, ours, previous)
+    promised = deposit.reserve(uploads, metadata)
+    if promised:
+        save_info({**info, "doi": promised}, info_file)
+    described = Upload(metadata_filename, info_file, hash_file(info_file, want_md5=True), progress=progress)
+    try:
+        deposited = deposit.send([*uploads, described], metadata)
+    except PhasegptError:
+        if promised:
+            save_info(info, info_file)  # no DOI that nothing was published under
+        raise
+    if deposited.doi and deposited.doi != promised:  # the copy deposited names the DOI the draft promised
+        log.warning(f"{deposit.describe()} minted {deposited.doi}, not the {promised} its draft promised: "
+                    f"{metadata_filename} there says {promised}, so it is not listed")
+        save_info({**info, "doi": deposited.doi}, info_file)
+        deposited.mirrors.pop(metadata_filename, None)
+    for upload in [*uploads, described]:
+        mirror = deposited.mirrors.get(upload.key)
+        if mirror is not None and mirror.published:  # what fetch will see: the provider's size and hashes, read back
+            _checked(mirror, upload.facts)
+    return deposited, uploads
+
+
+def deposit_metadata(name: str, filename: str, info: dict[str, Any], ours: FileFacts,
+                     previous: Optional[Artifact] = None) -> Metadata:
+    """What a record says about the checkpoint, from its metadata JSON: ``creators`` (or ``authors``),
+    ``license``, ``version``, ``title``, ``description``, ``code_repository``; the Hub copy the manifest lists.
+
+    >>> facts = FileFacts(Path("tiny.pt"), 3, "ab" * 32)
+    >>> deposit_metadata("tiny", "tiny.pt", {"creators": ["Doe, Jane"], "license": "MIT"}, facts).creators
+    [{'name': 'Doe, Jane'}]
+    """
+    people = info.get("creators") or info.get("authors") or []
+    creators = [p if isinstance(p, dict) else {"name": str(p)} for p in (people if isinstance(people, list) else [people])]
+    facts = [f"<li>{label}: {info[key]}</li>" for key, label in (
+        ("config", "architecture"), ("dataset", "dataset"), ("validation_ppl", "validation perplexity"),
+        ("order_parameter_R", "order parameter R"), ("training_epochs", "training epochs")) if info.get(key) is not None]
+    description = info.get("description") or (
+        f"<p>{name}: a PhaseGPT checkpoint, a character-level GPT-2 whose attention couples Kuramoto phase "
+        f"oscillators.</p><ul>{''.join(facts)}<li>file: {filename}, {ours.size} bytes, sha256 {ours.sha256}</li></ul>"
+        f"<p>Fetch and verify it with <code>phasegpt-ckpt fetch {name}</code>.</p>")
+    related = [{"identifier": info["code_repository"], "relation": "isSupplementTo", "resource_type": "software"}
+               ] if info.get("code_repository") else []
+    related += [{"identifier": f"https://huggingface.co/{m.repo}", "relation": "isIdenticalTo"}
+                for m in (previous.mirrors if previous else []) if isinstance(m, HfMirror) and m.published]
+    return Metadata(title=info.get("title") or f"PhaseGPT checkpoint {name}", description=description,
+                    creators=creators, license=str(info.get("license") or "mit").lower(),
+                    version=str(info.get("version") or ours.sha256[:12]), related=related,
+                    keywords=["phasegpt", "kuramoto", "checkpoint"])
 
 
 # -- the metadata JSON ------------------------------------------------------------------------------
@@ -296,7 +394,8 @@ def _upload_failed(mirror: HfMirror, err: Exception) -> PhasegptError:
 
 
 def parse_target(target: str) -> tuple[Optional[str], Optional[Path]]:
-    """``--to hf:ORG/REPO`` (a Hub repository) or ``--to DIR`` (a folder): (repo, None) or (None, folder).
+    """``--to hf:ORG/REPO`` (a Hub repository) or ``--to DIR`` (a folder): (repo, None) or (None, folder);
+    Zenodo and OSF targets are :func:`~phasegpt_ckpt.store.deposit.target`'s.
 
     >>> parse_target("hf:templetwo/phasegpt-checkpoints")
     ('templetwo/phasegpt-checkpoints', None)
@@ -306,9 +405,6 @@ def parse_target(target: str) -> tuple[Optional[str], Optional[Path]]:
     kind, _, repo = target.partition(":")
     if kind == "hf":
         return _hub_repo(repo), None
-    if kind in ("zenodo", "zenodo-sandbox", "osf"):
-        raise BadInput(f"--to {target!r}: uploads go to the Hub (hf:ORG/REPO) or a folder; list a Zenodo or OSF "
-                       "record you made by hand with --record")
     return None, Path(target).expanduser()
 
 
@@ -500,6 +596,9 @@ def _new_entry(fields: dict[str, Any]) -> CommentedMap:
 
 def _update_entry(entry: CommentedMap, fields: dict[str, Any]) -> None:
     for key in ENTRY_KEYS:
+        if key == "parts" and key in fields and fields[key] is None:
+            entry.pop("parts", None)  # kept whole now
+            continue
         if key not in fields or (key == "claims" and not fields[key]):
             continue  # nothing measured: claims already written stay as they are
         if key == "claims":
@@ -509,6 +608,9 @@ def _update_entry(entry: CommentedMap, fields: dict[str, Any]) -> None:
             _put(entry, "claims", claims)
         elif key == "mirrors":
             mirrors = entry.get("mirrors") if isinstance(entry.get("mirrors"), CommentedSeq) else CommentedSeq()
+            for index in reversed(range(len(mirrors))):  # an older version's record, replaced by the new one
+                if _identity(mirrors[index]) in fields.get("superseded", ()):
+                    del mirrors[index]
             for mirror in fields["mirrors"]:
                 _merge_mirror(mirrors, mirror)
             _put(entry, "mirrors", mirrors)
@@ -562,7 +664,7 @@ def _warn_stale(current: Manifest, name: str, entry: dict[str, Any]) -> None:
     previous = current.artifacts.get(name)
     if previous is None or previous.sha256 in (None, entry["sha256"]):
         return
-    fresh = {_identity(_mirror_fields(m)) for m in entry["mirrors"]}
+    fresh = {_identity(_mirror_fields(m)) for m in entry["mirrors"]} | set(entry.get("superseded", ()))
     stale = [m.describe() for m in previous.mirrors
              if m.published and _identity(_mirror_fields(m)) not in fresh and not isinstance(m, LocalMirror)]
     if stale:

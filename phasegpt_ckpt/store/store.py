@@ -273,13 +273,14 @@ class Store:
                 data: str | Path | None = None, measure: bool = False, **options: Any) -> "Published":
         """Hash, describe, upload and list checkpoint ``path`` as artifact ``name`` in ``manifest`` (default:
         this store's manifest file, else the user's own manifest; never the installed package's); see
-        :func:`~phasegpt_ckpt.store.publish.publish` for ``hub_repo``, ``records``, ``to_dir``, ``tolerance``."""
+        :func:`~phasegpt_ckpt.store.publish.publish` for ``hub_repo``, ``records``, ``to_dir``, ``tolerance``, and
+        ``deposit`` (Zenodo, OSF Storage: :func:`phasegpt_ckpt.store.deposit.target`)."""
         from phasegpt_ckpt.store.publish import publish
 
         target = Path(manifest).expanduser() if manifest else self.manifest_path
         corpus = self.corpus(data) if measure or data is not None else None
         return publish(path, name, manifest=target, known=None if target else self.manifest, data=corpus,
-                       measure=measure, **options)
+                       measure=measure, progress=self.progress, **options)
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -14,6 +14,17 @@ All errors are JSON:API ``{"errors": [{"detail": ...}]}``::
         osf.add_node("abcde")
         osf.put("abcde", "checkpoints/best_model.pt", data)
 
+Uploads (PUBLISHING.md §2): WaterButler takes PUTs from the holder of a node's ``write_token``
+(Bearer; anyone else 403 in OSF's JSON): ``<folder>/?kind=file&name=`` (or bare ``name=``, as
+osfclient sends) creates a file (201), ``<file id>`` adds a version (200; identical bytes add none),
+``<folder>/?kind=folder&name=`` a folder (201); a name taken → 409 ``{message, data}``, decided
+before the body counts; no Content-Length → 411; over ``max_body`` a bare 400; ``quota_full`` → 507.
+Answers are WaterButler entities with ``extra.hashes`` (``sha256_lies`` makes them wrong); listings
+update at once. :meth:`~.uploads.UploadServer.cut_upload` and ``lose_answer`` act on ``osf.wb``::
+
+    osf.add_node("abcde", write_token="tok")
+    osf.wb.lose_answer(osf.folder_upload_path("abcde"))    # the create lands, its 201 is lost
+
 A hostile (or broken) API hands out links that lead elsewhere: :meth:`OsfEmulator.rewrite_links`
 rewrites the ``next``, ``folder`` (a folder's listing), ``upload`` or ``download`` links of its
 answers, and :meth:`OsfEmulator.serve_through` makes another server answer every path as this
@@ -30,6 +41,9 @@ from typing import Callable, Optional, Union
 from urllib.parse import urlencode
 
 from .fileserver import Blob, FileServer, Request
+from .uploads import UploadServer
+
+MAX_BODY = int(4.9 * 1024**3)  # WaterButler's Tornado max_body_size
 
 DATE = "2025-01-01T00:00:00.000000Z"
 
@@ -43,6 +57,7 @@ class OsfFile:
     blob: Blob
     listed_size: Optional[int] = None  # what the API claims, when it differs from the bytes
     deleted: bool = False
+    version: int = 1
 
 
 @dataclass
@@ -58,12 +73,14 @@ class Node:
     id: str
     root: OsfFolder
     token: Optional[str] = None  # set: private, readable with this token only
+    write_token: Optional[str] = None  # who may upload
 
 
 class OsfEmulator(FileServer):
     def __init__(self, page_cap: int = 100):
         super().__init__()
-        self.web, self.wb = FileServer(), FileServer()
+        self.web, self.wb = FileServer(), UploadServer()
+        self.max_body, self.quota_full, self.sha256_lies = MAX_BODY, False, False
         self.page_cap = page_cap
         self.nodes: dict[str, Node] = {}
         self.osf_files: dict[str, OsfFile] = {}  # by id and by guid (FileServer.files is taken)
@@ -78,23 +95,29 @@ class OsfEmulator(FileServer):
         self.web.route(r"/download/(?P<ref>\w+)/", self.download)
         self.web.route(r"/(?P<ref>\w+)/download", self.download)
         self.wb.route(r"/v1/resources/(?P<node>\w+)/providers/osfstorage/(?P<id>\w+)", self.waterbutler)
+        self.wb.route(r"/v1/resources/(?P<node>\w+)/providers/osfstorage/(?P<id>\w*)(?P<slash>/?)", self.upload,
+                      ("PUT",))
 
-    def add_node(self, node_id: str, token: Optional[str] = None) -> Node:
+    def add_node(self, node_id: str, token: Optional[str] = None, write_token: Optional[str] = None) -> Node:
         root = OsfFolder(_id(node_id, "/"), node_id, "/")
-        self.nodes[node_id] = node = Node(node_id, root, token)
+        self.nodes[node_id] = node = Node(node_id, root, token, write_token)
         return node
+
+    def file_at(self, node_id: str, path: str) -> Optional[OsfFile]:
+        """The live file at materialized ``path`` ("/checkpoints/best_model.pt"), if any."""
+        return next((f for f in self.osf_files.values() if f.node == node_id and f.path == path and not f.deleted), None)
+
+    def folder_upload_path(self, node_id: str, folder: str = "/") -> str:
+        """WaterButler's path for creating in a folder ("/" or "/checkpoints/"; where faults are switched)."""
+        root = f"/v1/resources/{node_id}/providers/osfstorage/"
+        return root if folder == "/" else f"{root}{_id(node_id, folder)}/"
 
     def put(self, node_id: str, path: str, data: bytes, listed_size: Optional[int] = None) -> OsfFile:
         """Store ``data`` at ``path`` in the node's OSF Storage, creating folders on the way."""
         folder = self.nodes[node_id].root
         *folders, name = path.strip("/").split("/")
         for part in folders:
-            sub = next((c for c in folder.children if isinstance(c, OsfFolder) and c.path.endswith(f"/{part}/")), None)
-            if sub is None:
-                sub = OsfFolder(_id(node_id, f"{folder.path}{part}/"), node_id, f"{folder.path}{part}/")
-                folder.children.append(sub)
-                self.folders[sub.id] = sub
-            folder = sub
+            folder = self._folder(folder, part)
         file_id = _id(node_id, folder.path + name)
         blob = Blob(data, etag=None, full_span_200=True, headers={
             "Content-Disposition": f"attachment; filename=\"{name}\"; filename*=UTF-8''{name}"})
@@ -201,6 +224,91 @@ class OsfEmulator(FileServer):
         if self._readable(request, osf_file.node):  # WaterButler checks the node's permissions itself
             request.send_blob(osf_file.blob)
 
+    def upload(self, request: Request) -> None:
+        """WaterButler's PUT, its checks in its order (PUBLISHING.md §2.2), all before the body counts."""
+        kind = request.query.get("kind") or "file"
+        if kind not in ("file", "folder"):
+            return _wb_error(request, 400, f"Kind must be file, folder or unspecified (interpreted as file), not {kind}")
+        if kind == "file" and "Content-Length" not in request.headers:
+            return _wb_error(request, 411, "Content-Length is required for file uploads")
+        if kind == "folder" and request.body:
+            return _wb_error(request, 413, "Folder creation requests may not have a body")
+        if int(request.headers.get("Content-Length") or 0) > self.max_body:
+            request._handler.close_connection = True
+            return request.send(400, b"", headers={"Connection": "close"})
+        node = self.nodes.get(request.params["node"])
+        if node is None:
+            return _wb_error(request, 404, "Not found")
+        if node.write_token is None or request.headers.get("Authorization") != f"Bearer {node.write_token}":
+            return request.send_json({"message_short": "Forbidden", "message_long": request.echoed(
+                "You do not have permission to perform this action."), "code": 403, "referrer": None}, 403)
+        target_id, slash = request.params["id"], request.params["slash"]
+        folder = node.root if not target_id else self.folders.get(target_id)
+        osf_file = self.osf_files.get(target_id) if target_id else None
+        if (target_id and folder is not None and not slash) or (osf_file is not None and slash) or \
+                (folder is None and osf_file is None):
+            return _wb_error(request, 404, "Not found")
+        name = request.query.get("name")
+        if folder is not None:
+            if not name:
+                return _wb_error(request, 400, "Missing required parameter 'name'")
+            return self._create(request, folder, kind, name)
+        if name:
+            return _wb_error(request, 400, "'name' parameter doesn't apply to actions on files")
+        if kind == "folder":
+            return _wb_error(request, 409, "Cannot create a folder on a file")
+        self._new_version(request, osf_file)
+
+    def _create(self, request: Request, folder: OsfFolder, kind: str, name: str) -> None:
+        taken = next((c for c in folder.children if c.path.rstrip("/").rsplit("/", 1)[-1] == name and
+                      isinstance(c, OsfFolder) == (kind == "folder") and not getattr(c, "deleted", False)), None)
+        if taken is not None:
+            return request.send_json({"message": f"Cannot complete action: file or folder \"{name}\" already exists "
+                                                 "in this location", "data": self._wb_entity(taken)}, 409)
+        if self.quota_full and kind == "file":
+            return _wb_error(request, 507, "The quota on this osfstorage project has been exceeded")
+        path = folder.path + name
+        made = self._folder(folder, name) if kind == "folder" else self.put(folder.node, path, request.body)
+        request.send_json({"data": self._wb_entity(made)}, 201, headers={"X-WATERBUTLER-REQUEST-ID": _id(path, "r")})
+
+    def _new_version(self, request: Request, osf_file: OsfFile) -> None:
+        if self.quota_full:
+            return _wb_error(request, 507, "The quota on this osfstorage project has been exceeded")
+        if request.body != osf_file.blob.data:  # storage is addressed by sha256: the same bytes add no version
+            osf_file.blob.replace(request.body)
+            osf_file.version += 1
+        request.send_json({"data": self._wb_entity(osf_file)}, 200)
+
+    def _folder(self, parent: OsfFolder, name: str) -> OsfFolder:
+        sub = next((c for c in parent.children if isinstance(c, OsfFolder) and c.path.endswith(f"/{name}/")), None)
+        if sub is None:
+            sub = OsfFolder(_id(parent.node, f"{parent.path}{name}/"), parent.node, f"{parent.path}{name}/")
+            parent.children.append(sub)
+            self.folders[sub.id] = sub
+        return sub
+
+    def _wb_entity(self, item: Union[OsfFolder, OsfFile]) -> dict:
+        """WaterButler's shape (§2.3), not API v2's: ``materialized``, ``sizeInt``, ``extra.version``."""
+        name = item.path.rstrip("/").rsplit("/", 1)[-1]
+        wb = self.wb.url(f"/v1/resources/{item.node}/providers/osfstorage/{item.id}")
+        common = {"name": name, "provider": "osfstorage", "materialized": item.path, "resource": item.node,
+                  "contentType": None, "modified": DATE, "modified_utc": DATE, "created_utc": DATE}
+        if isinstance(item, OsfFolder):
+            return {"id": f"osfstorage/{item.id}/", "type": "files",
+                    "attributes": {**common, "kind": "folder", "path": f"/{item.id}/", "size": None, "etag": None,
+                                   "extra": {}},
+                    "links": {"move": wb + "/", "upload": wb + "/?kind=file", "delete": wb + "/",
+                              "new_folder": wb + "/?kind=folder"}}
+        data = item.blob.data
+        sha256 = hashlib.sha256(data + (b"lie" if self.sha256_lies else b"")).hexdigest()
+        return {"id": f"osfstorage/{item.id}", "type": "files",
+                "attributes": {**common, "kind": "file", "path": f"/{item.id}", "size": len(data), "sizeInt": len(data),
+                               "etag": hashlib.sha256(f"osfstorage::{item.version}::/{item.id}".encode()).hexdigest(),
+                               "extra": {"guid": None, "version": item.version, "downloads": 0, "checkout": None,
+                                         "latestVersionSeen": None,
+                                         "hashes": {"md5": hashlib.md5(data).hexdigest(), "sha256": sha256}}},
+                "links": {"move": wb, "upload": wb + "?kind=file", "delete": wb, "download": wb}}
+
     # -- helpers --------------------------------------------------------------------------------
     def _readable(self, request: Request, node_id: str) -> Optional[Node]:
         """The node, or None after answering 404 (unknown) or 401 (private, no or wrong token)."""
@@ -272,3 +380,7 @@ def _related(href: str) -> dict:
 def _error(request: Request, status: int, detail: str) -> None:
     request.send_json({"errors": [{"detail": request.echoed(detail)}]}, status,
                       headers={"Content-Type": "application/vnd.api+json"})
+
+
+def _wb_error(request: Request, status: int, message: str) -> None:
+    request.send_json({"code": status, "message": message}, status)
