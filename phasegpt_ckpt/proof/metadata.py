@@ -129,6 +129,15 @@ def load_metadata(path: str | Path) -> CheckpointInfo:
     ...
     phasegpt_ckpt.errors.BadInput: metadata file missing.json not found
     """
+    path, data = Path(path), metadata_document(path)
+    try:
+        return CheckpointInfo.model_validate(data)
+    except ValidationError as err:
+        raise BadInput(f"metadata file {path}: {first_error(err)}") from None
+
+
+def metadata_document(path: str | Path) -> dict:
+    """The JSON object in a metadata file, read with every bound (size, depth, Unicode), not yet validated."""
     path = Path(path)
     try:
         with open(path, "rb") as file:
@@ -152,10 +161,7 @@ def load_metadata(path: str | Path) -> CheckpointInfo:
     except UnicodeEncodeError:  # "\\ud800" reads as a lone surrogate, which no terminal or file can take
         raise BadInput(f"metadata file {path} holds text that is not Unicode "
                        "(an unpaired \\uD800-\\uDFFF escape)") from None
-    try:
-        return CheckpointInfo.model_validate(data)
-    except ValidationError as err:
-        raise BadInput(f"metadata file {path}: {first_error(err)}") from None
+    return data
 
 
 def _deeper_than(value, depth: int) -> bool:

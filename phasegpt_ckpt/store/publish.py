@@ -14,7 +14,6 @@ edited with ruamel.yaml's round trip, validated, and replaced atomically.
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import shutil
@@ -31,8 +30,9 @@ from phasegpt_ckpt.atomic import atomic_path, write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
 from phasegpt_ckpt.models.checkpoint import LoadedCheckpoint, load_checkpoint
 from phasegpt_ckpt.models.data import corpus_or_bundled
+from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.proof.digest import FileFacts, hash_file
-from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, save_info
+from phasegpt_ckpt.proof.metadata import DIGITS, build_info, info_path, metadata_document, save_info
 from phasegpt_ckpt.proof.verify import describes, disagreement
 from phasegpt_ckpt.reporting import Progress
 from phasegpt_ckpt.source import web
@@ -126,7 +126,7 @@ def publish(
     or ``to_dir``, or keep the checkpoint in the manifest's own folder.
     """
     path = _checkpoint_file(path)
-    manifest_path = Path(manifest or os.environ.get("PHASEGPT_MANIFEST") or user_manifest_path()).expanduser()
+    manifest_path = user_path(manifest or os.environ.get("PHASEGPT_MANIFEST") or user_manifest_path(), "--manifest")
     current = known if known is not None else _existing(manifest_path)
     filename, metadata_name, metadata_filename = _names(current, name, path)
     hub = None if hub_repo is None else _hub_mirror(hub_repo, filename, endpoint)
@@ -256,8 +256,8 @@ def _known_info(path: Path, ours: FileFacts) -> Optional[dict]:
     """A metadata JSON already at ``path`` that vouches for these very bytes (the trainer's, a
     previous publish), else None: a JSON about other bytes says nothing about this file."""
     try:
-        known = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        known = metadata_document(path)
+    except (OSError, ValueError, BadInput):
         return None
     return known if isinstance(known, dict) and describes(known.get("sha256"), ours) else None
 
@@ -405,7 +405,7 @@ def parse_target(target: str) -> tuple[Optional[str], Optional[Path]]:
     kind, _, repo = target.partition(":")
     if kind == "hf":
         return _hub_repo(repo), None
-    return None, Path(target).expanduser()
+    return None, user_path(target, "--to")
 
 
 def parse_record(spec: str, filename: str) -> MirrorBase:
@@ -679,7 +679,7 @@ def _warn_stale(current: Manifest, name: str, entry: dict[str, Any]) -> None:
 
 
 def _checkpoint_file(path: str | Path) -> Path:
-    path = Path(path).expanduser()
+    path = user_path(path, "publish")
     if not path.is_file():
         raise BadInput(f"{path} is not a file" if path.exists() else f"{path} does not exist")
     return path

@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import requests
 
-from phasegpt_ckpt.errors import BadInput
+from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.digest import FileFacts, Hasher
 from phasegpt_ckpt.reporting import Progress, report
 from phasegpt_ckpt.source import web
@@ -238,7 +238,7 @@ class Api:
             try:
                 response = self.session.request(method, url, data=stream, headers=headers, allow_redirects=False,
                                                 timeout=(self.policy.connect_timeout, self.policy.read_timeout),
-                                                **kwargs)
+                                                stream=True, **kwargs)
                 problem, wait_hint = None, None
                 if response.status_code in TRANSIENT:
                     problem = f"HTTP {response.status_code}"
@@ -292,10 +292,14 @@ def reason(response: requests.Response) -> str:
 
 
 def _json(response: requests.Response) -> Any:
-    try:
-        return response.json()
-    except ValueError:
-        return None
+    """The answer's JSON document, None when it is none; read once, and never more than
+    :data:`web.MAX_JSON_BYTES` of it (the request streams, so a huge answer is cut, not loaded)."""
+    if not hasattr(response, "document"):
+        try:
+            response.document = web.json_body(response, "the deposit")
+        except MirrorFailed:
+            response.document = None
+    return response.document
 
 
 def urlpath(url: str) -> str:
