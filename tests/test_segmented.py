@@ -191,7 +191,7 @@ def test_planted_symlinks_are_replaced_never_followed(server, data, tmp_path):
 
 
 def test_the_connection_count_follows_the_size_and_the_environment(monkeypatch):
-    assert [connection_count(size, None) for size in (None, 2**20, 31 * 2**20, 64 * 2**20, 10**12)] == [1, 1, 1, 4, 16]
+    assert [connection_count(size, None) for size in (None, 2**20, 7 * 2**20, 16 * 2**20, 10**12)] == [1, 1, 1, 4, 16]
     assert connection_count(2**30, 99) == 16 and connection_count(None, 8) == 1
     monkeypatch.setenv("PHASEGPT_CONNECTIONS", "3")
     assert connection_count(2**30, None) == 3
@@ -277,3 +277,39 @@ def test_fetch_connections_and_limit_rate_options_reach_the_download(server, dat
     assert len([r for r in server.requests_to(PATH) if r.range]) >= 3
     code, _, err = run_cli("--manifest", manifest, "--cache-dir", tmp_path / "cache", "fetch", "--connections", "0")
     assert code == 2 and "--connections" in err
+
+
+def test_a_pinned_part_left_by_one_mirror_is_finished_by_another(data, tmp_path):
+    with FileServer() as first, FileServer() as second:
+        for server in (first, second):
+            server.add_file(PATH, data)
+        first.set_faults(PATH, Faults(drop_after=300_000))  # every connection breaks, then gives up
+        part = tmp_path / "model.pt.part"
+        with pytest.raises(MirrorFailed):
+            fetch(first, part, data, policy=replace(SEGMENTED, attempts=1))
+        record = json.loads(part.with_name(part.name + ".json").read_text())
+        kept = Ranges(tuple(span) for span in record["ranges"])
+        assert kept.covered() >= 4 * 300_000 - 4 * 65536  # what each connection wrote before the cut
+        assert_verified(fetch(second, part, data), part, data)
+        asked = Ranges((first_byte, last + 1) for first_byte, last in spans(second.requests_to(PATH)))
+        assert asked.covered() == SIZE - kept.covered()
+        assert all(r.if_range is None or r.if_range == second.files[PATH].etag for r in second.requests_to(PATH))
+
+
+def test_fetch_finishes_a_pinned_part_from_the_next_mirror_asking_only_for_the_rest(data, tmp_path):
+    from phasegpt_ckpt import Store
+    from phasegpt_ckpt.source.manifest import Manifest
+
+    with FileServer() as first, FileServer() as second:
+        for server in (first, second):
+            server.add_file(PATH, data)
+        first.set_faults(PATH, Faults(drop_after=300_000))
+        manifest = Manifest.model_validate({"version": 1, "artifacts": {"blob": {
+            "kind": "dataset", "filename": "blob.bin", "size": SIZE, "sha256": hashlib.sha256(data).hexdigest(),
+            "mirrors": [{"type": "url", "url": server.url(PATH)} for server in (first, second)]}}})
+        fetched = Store(manifest, tmp_path / "cache").fetch("blob", policy=replace(SEGMENTED, attempts=1))
+        assert Path(fetched.path).read_bytes() == data
+        served_first = Ranges((a, b + 1) for a, b in spans(first.requests_to(PATH)))
+        asked_second = Ranges((a, b + 1) for a, b in spans(second.requests_to(PATH)))
+        assert 0 < asked_second.covered() < SIZE - 4 * 200_000  # the first mirror's bytes were kept
+        assert [o.status for o in fetched.outcomes][-1] == "ok" and served_first.covered() > 0

@@ -15,7 +15,7 @@ the caller starts over in one stream, never splicing two objects.
 The sidecar is a control record: the byte ranges on disk, written only after an ``fdatasync`` of the
 part, so after ``kill -9`` at any moment it claims nothing that is not there; a rerun asks for the rest.
 
->>> connection_count(8 * 2**20, None), connection_count(256 * 2**20, None), connection_count(2**40, 64)
+>>> connection_count(4 * 2**20, None), connection_count(256 * 2**20, None), connection_count(2**40, 64)
 (1, 16, 16)
 """
 from __future__ import annotations
@@ -46,10 +46,10 @@ from phasegpt_ckpt.source.web import RetryPolicy
 log = logging.getLogger(__name__)
 
 CONNECTIONS_ENV = "PHASEGPT_CONNECTIONS"
-SINGLE_BELOW = 32 * 2**20  # smaller files: one connection (start-up and round trips outweigh the gain)
-PER_CONNECTION = 16 * 2**20  # then one connection per 16 MiB ...
+SINGLE_BELOW = 8 * 2**20  # smaller files: one connection (start-up and round trips outweigh the gain)
+PER_CONNECTION = 4 * 2**20  # then one connection per 4 MiB ...
 MAX_PER_HOST = 16  # ... and never more than 16 on one host (aria2's cap too)
-CHECKPOINT_SECONDS = 1.0  # how often the part is fsynced and the control record rewritten
+CHECKPOINT_SECONDS = 0.1  # how often the part is fsynced and the control record rewritten (what a kill -9 loses)
 NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                   requests.exceptions.Timeout, urllib3.exceptions.HTTPError, OSError)
 
@@ -68,7 +68,7 @@ class Retry(Exception):
 
 def connection_count(size: Optional[int], requested: Optional[int]) -> int:
     """Connections for a ``size``-byte file: ``requested`` (``--connections``), else ``$PHASEGPT_CONNECTIONS``,
-    else one per 16 MiB from 32 MiB up; always 1..16 (the per-host cap), and 1 when the size is unknown."""
+    else one per 4 MiB from 8 MiB up; always 1..16 (the per-host cap), and 1 when the size is unknown."""
     wanted = requested if requested is not None else _from_env()
     if wanted is None:
         wanted = 1 if size is None or size < SINGLE_BELOW else size // PER_CONNECTION

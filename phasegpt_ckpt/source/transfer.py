@@ -399,10 +399,19 @@ class _Part:
         self._write_behind: Optional[_WriteBehind] = None
 
     def stored_meta(self) -> Optional[dict]:
-        """The sidecar, if it describes a part of this very download (neither read through a symlink)."""
+        """The sidecar, if it describes a part of this very download (neither read through a symlink).
+
+        A pinned artifact's part is the same download from any mirror (its sha256 decides): the bytes of
+        another URL are kept, but that server's validators do not apply to this one.
+        """
         meta = read_record(self.sidecar)
-        if meta is None or any(meta.get(key) != value for key, value in self.identity.items()):
+        pinned = self.identity["expected_sha256"] is not None
+        binding = {key: value for key, value in self.identity.items() if not (pinned and key == "url")}
+        if meta is None or any(meta.get(key) != value for key, value in binding.items()):
             return None
+        if meta.get("url") != self.identity["url"]:
+            meta = {key: value for key, value in meta.items() if key not in ("etag", "last_modified")}
+            meta["url"] = self.identity["url"]
         return meta if self.path.is_file() and not self.path.is_symlink() else None
 
     def open(self, resume: bool) -> None:

@@ -14,6 +14,7 @@ outcome is recorded; a mirror's failure never escapes as such.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -228,7 +229,7 @@ def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: reques
     expected_sha256, pin = _preflight(artifact, source)
     want_md5 = expected_sha256 is None and source.md5 is not None
     got = transfer(
-        source, store.cache.part_path(artifact, mirror),
+        source, _part_for(store, artifact, mirror),
         expected_size=source.size if artifact.size is None else artifact.size,
         expected_sha256=expected_sha256, session=source.session or session, policy=policy, label=source.label,
         want_md5=want_md5, progress=store.progress,
@@ -243,6 +244,22 @@ def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: reques
     outcome = Outcome(mirror.describe(), mirror.type, "ok", pin)
     return Fetched(path, got.size, got.sha256, got.md5, source.label, name=artifact.name, outcomes=[outcome],
                    pinned=artifact.sha256 is not None, pin=pin)
+
+
+def _part_for(store: "Store", artifact: Artifact, mirror: MirrorBase) -> Path:
+    """This mirror's part file; for a pinned artifact, the partial bytes another mirror left move there first
+    (the sha256 decides, whoever served them), so a resume may switch mirrors. The caller holds the lock."""
+    part = store.cache.part_path(artifact, mirror)
+    if artifact.sha256 is None or part.exists():
+        return part
+    for other in artifact.mirrors:
+        left = store.cache.part_path(artifact, other)
+        record = left.with_name(left.name + ".json")
+        if left != part and left.is_file() and not left.is_symlink() and record.is_file():
+            os.replace(left, part)  # a crash between the two leaves a part without a record: never trusted
+            os.replace(record, part.with_name(part.name + ".json"))
+            break
+    return part
 
 
 def _detail(err: MirrorFailed, mirror: MirrorBase) -> str:
