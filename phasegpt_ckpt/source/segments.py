@@ -39,7 +39,7 @@ import urllib3
 
 from phasegpt_ckpt.atomic import write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
-from phasegpt_ckpt.proof.digest import CHUNK, Hasher
+from phasegpt_ckpt.proof.digest import CHUNK, Hasher, feed
 from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.web import RetryPolicy
 
@@ -350,8 +350,9 @@ class Plan:
             self.active.append(segment)
             return segment
 
-    def write(self, segment: Segment, chunk: bytes) -> bool:
-        """Write what of ``chunk`` belongs to ``segment`` at its offset; False once the segment is done or stopped."""
+    def write(self, segment: Segment, chunk: bytes, server: "Server") -> bool:
+        """Write what of ``chunk`` belongs to ``segment`` at its offset, noting ``server`` served it; False once
+        the segment is done or the download stopped."""
         with self.lock:
             if self.stopped:
                 return False
@@ -359,6 +360,7 @@ class Plan:
             if size > 0:
                 _pwrite_all(self.fd, memoryview(chunk)[:size], segment.at)
                 self.written.add(segment.at, segment.at + size)
+                server.served.add(segment.at, segment.at + size)
                 segment.at += size
                 self.lock.notify_all()
             return segment.left > 0
@@ -412,23 +414,42 @@ def _shut(response: requests.Response) -> None:
 # -- the download --------------------------------------------------------------------------------
 
 
-class Download:
-    """One segmented download of ``url`` into the open part ``fd`` (see the module docstring)."""
+class Server:
+    """One mirror's URL in a download: its own validators (the same object may carry another ETag on another
+    mirror), the ranges it served, and why it was dropped, if it was."""
 
-    def __init__(self, source, fd: int, total: int, meta: dict, done: Ranges, *, session: requests.Session,
-                 policy: RetryPolicy, label: str, connections: int, pinned: bool, sidecar: Path):
-        self.source, self.total, self.meta, self.sidecar = source, total, meta, sidecar
-        self.session, self.policy, self.label, self.pinned = session, policy, label, pinned
+    def __init__(self, source, validators: dict):
+        self.source, self.label, self.validators = source, source.label, validators
+        self.served = Ranges()
+        self.failure: Optional[BaseException] = None
+
+
+class Download:
+    """One segmented download into the open part ``fd`` from one URL, or, for a pinned artifact, from
+    several mirrors at once (see the module docstring). ``connections`` is per mirror."""
+
+    def __init__(self, sources: list, fd: int, path: Path, total: int, meta: dict, done: Ranges, *,
+                 session: requests.Session, policy: RetryPolicy, connections: int, pinned: bool):
+        self.total, self.meta, self.path = total, meta, path
+        self.sidecar = path.with_name(path.name + ".json")
+        self.session, self.policy, self.pinned = session, policy, pinned
+        if len(sources) > 1:  # validators are per mirror, and not kept: the sha256 decides
+            meta.pop("etag", None), meta.pop("last_modified", None)
+        self.servers = [Server(source, meta if len(sources) == 1 else {}) for source in sources]
+        self.label = sources[0].label
         self.connections = connections
-        self.plan = Plan(fd, total, done, connections, policy.min_segment)
+        self.plan = Plan(fd, total, done, connections * len(sources), policy.min_segment)
         self.limit = RateLimit(policy.limit_rate)
         self.deadline = time.monotonic() + policy.budget
+        self.seconds = 0.0
 
     # -- the main thread -------------------------------------------------------------------------
     def run(self, hasher: Hasher, progress: Callable[[int, Optional[int]], None]) -> None:
         """Fetch every missing byte and hash the whole part; raises what stopped it."""
-        threads = [threading.Thread(target=self._connection, daemon=True) for _ in range(self.connections)]
+        threads = [threading.Thread(target=self._connection, args=(server,), daemon=True)
+                   for _ in range(self.connections) for server in self.servers]
         follower = threading.Thread(target=self._follow, args=(hasher,), daemon=True)
+        began = time.monotonic()
         for thread in [follower, *threads]:
             thread.start()
         try:
@@ -441,11 +462,15 @@ class Download:
             for thread in threads:
                 thread.join()
             self.checkpoint()
+            self.seconds = time.monotonic() - began
         follower.join()
         progress(self.plan.written.covered(), self.total)
         if self.plan.error is not None:
             raise self.plan.error
         if self.plan.written.covered() < self.total:
+            failures = [server.failure for server in self.servers if server.failure is not None]
+            if failures and len(failures) == len(self.servers):
+                raise failures[0]
             problem = self.plan.problem or Retry("connection error", f"{self.label}: the download stopped")
             raise MirrorFailed(problem.outcome, f"{problem} (every connection gave up after "
                                                 f"{self.policy.attempts} attempts without new bytes)")
@@ -487,30 +512,82 @@ class Download:
                 hasher.update(block)
                 hashed += len(block)
 
+    # -- after a hash mismatch ---------------------------------------------------------------------
+    def blame(self) -> Optional[Server]:
+        """Which mirror served bad bytes: each mirror's ranges are fetched again from another one; the
+        mirror whose differing bytes, replaced by the other's, make the sha256 right is the bad one. Its
+        bytes stay replaced (the part then holds the file); None when no replacement helps (all put back)."""
+        for suspect in self.servers:
+            witness = next((s for s in self.servers if s is not suspect and s.failure is None), None)
+            if witness is None or not suspect.served.spans:
+                continue
+            differing = self._compare(suspect, witness)
+            if not differing:
+                continue
+            for offset, ours, theirs in differing:
+                _pwrite_all(self.plan.fd, memoryview(theirs), offset)
+            if self.expected_sha256_matches():
+                return suspect
+            for offset, ours, _ in differing:
+                _pwrite_all(self.plan.fd, memoryview(ours), offset)
+        return None
+
+    def expected_sha256_matches(self) -> bool:
+        hasher = Hasher()
+        feed(self.path, hasher, self.total)
+        return hasher.hexdigests()["sha256"] == self.meta.get("expected_sha256")
+
+    def _compare(self, suspect: Server, witness: Server) -> list[tuple[int, bytes, bytes]]:
+        """(offset, our bytes, the witness's bytes) for each 1 MiB block of ``suspect``'s ranges that differ."""
+        differing = []
+        timeout = (self.policy.connect_timeout, self.policy.read_timeout)
+        for first, end in suspect.served.spans:
+            headers = {**witness.source.headers, "Accept-Encoding": "identity", "Range": f"bytes={first}-{end - 1}"}
+            with web.get(self.session, witness.source.url, headers=headers, label=witness.label, stream=True,
+                         timeout=timeout) as response:
+                if response.status_code != 206 or content_range(response.headers.get("Content-Range", ""))[0] != first:
+                    raise MirrorFailed("hash mismatch", f"{witness.label}: could not serve bytes {first}-{end - 1} "
+                                                        "to find the mirror that sent bad bytes")
+                offset = first
+                while offset < end:
+                    theirs = response.raw.read(min(CHUNK, end - offset))
+                    if not theirs:
+                        break
+                    ours = os.pread(self.plan.fd, len(theirs), offset)
+                    if ours != theirs:
+                        differing.append((offset, ours, theirs))
+                    offset += len(theirs)
+        return differing
+
     # -- one connection --------------------------------------------------------------------------
-    def _connection(self) -> None:
+    def _connection(self, server: Server) -> None:
         """One connection's thread: what it cannot retry (a fatal answer, Unsegmentable, the time budget)
-        stops the whole download."""
+        stops the whole download, or, with several mirrors, drops that mirror (its pieces go to the others)."""
         try:
-            self._fetch_pieces()
+            self._fetch_pieces(server)
+        except (MirrorFailed, Unsegmentable) as err:
+            if len(self.servers) == 1 or (isinstance(err, MirrorFailed) and err.outcome == "timeout"):
+                return self.plan.stop(err)
+            log.info(f"{err}; its pieces go to the other mirrors")
+            server.failure = server.failure or err
         except BaseException as err:
             self.plan.stop(err)
 
-    def _fetch_pieces(self) -> None:
+    def _fetch_pieces(self, server: Server) -> None:
         """Fetch pieces until none is left; back off (this connection only) on failures; give up after
         ``policy.attempts`` in a row that brought no bytes, or when slower than the floor (its piece
         goes to the other connections)."""
-        failures, pace = 0, Pace(self.policy, self.label, self.deadline)
-        while (segment := self.plan.take()) is not None:
+        failures, pace = 0, Pace(self.policy, server.label, self.deadline)
+        while server.failure is None and (segment := self.plan.take()) is not None:
             start = segment.at
             try:
-                self._fetch(segment, pace)
+                self._fetch(segment, pace, server)
                 failures = 0
                 continue
             except Retry as retry:
                 problem = retry
             except NETWORK_ERRORS as err:
-                problem = judged(pace, Retry("connection error", f"{self.label}: a connection failed at byte "
+                problem = judged(pace, Retry("connection error", f"{server.label}: a connection failed at byte "
                                                                   f"{segment.at} ({type(err).__name__})"))
             finally:
                 self.plan.release(segment)
@@ -526,65 +603,66 @@ class Download:
                 self.plan.lock.wait_for(lambda: self.plan.stopped, timeout=wait)
             pace.restart()
 
-    def _fetch(self, segment: Segment, pace: Pace) -> None:
+    def _fetch(self, segment: Segment, pace: Pace, server: Server) -> None:
         first, last = segment.at, segment.end - 1
-        headers = {**self.source.headers, "Accept-Encoding": "identity", "Range": f"bytes={first}-{last}"}
-        validator = self.meta.get("etag") or self.meta.get("last_modified")
+        headers = {**server.source.headers, "Accept-Encoding": "identity", "Range": f"bytes={first}-{last}"}
+        validator = server.validators.get("etag") or server.validators.get("last_modified")
         if validator:
             headers["If-Range"] = validator
         timeout = (self.policy.connect_timeout, min(self.policy.read_timeout, self.policy.speed_time))
-        with web.get(self.session, self.source.url, headers=headers, label=self.label, stream=True,
+        with web.get(self.session, server.source.url, headers=headers, label=server.label, stream=True,
                      timeout=timeout) as response:
-            self._judge(response, first, last)
+            self._judge(response, first, last, server)
             self.plan.reading(segment, response)
-            self._receive(response, segment, pace)
+            self._receive(response, segment, pace, server)
         if segment.left > 0 and not self.plan.stopped:
-            raise Retry("connection error", f"{self.label}: a connection closed at byte {segment.at}, "
+            raise Retry("connection error", f"{server.label}: a connection closed at byte {segment.at}, "
                                             f"inside its segment {first}-{last}")
 
-    def _receive(self, response: requests.Response, segment: Segment, pace: Pace) -> None:
+    def _receive(self, response: requests.Response, segment: Segment, pace: Pace, server: Server) -> None:
         read = response.raw.read1
         while chunk := read(CHUNK):
             if segment.at == 0 and looks_like_html(chunk):
-                raise MirrorFailed("html page", f"{self.label}: got an HTML page instead of the file")
+                raise MirrorFailed("html page", f"{server.label}: got an HTML page instead of the file")
             self.limit.take(len(chunk))
-            if not self.plan.write(segment, chunk):
+            if not self.plan.write(segment, chunk, server):
                 return
             pace.moved(len(chunk))
 
-    def _judge(self, response: requests.Response, first: int, last: int) -> None:
+    def _judge(self, response: requests.Response, first: int, last: int, server: Server) -> None:
         """A usable answer is a 206 for exactly the bytes asked, of the same object as every other answer."""
-        status = response.status_code
+        label, status = server.label, response.status_code
         if status in (408, 429) or status >= 500:
-            raise Retry(f"http {status}", f"{self.label}: HTTP {status} {response.reason}",
+            raise Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
                         web.retry_after(response.headers.get("Retry-After")))
         if status in (200, 416):
-            raise Unsegmentable(f"{self.label}: HTTP {status} to a request for bytes {first}-{last}")
+            raise Unsegmentable(f"{label}: HTTP {status} to a request for bytes {first}-{last}")
         if status != 206:
             tag = str(status) if status in (401, 403, 404) else f"http {status}"
-            raise MirrorFailed(tag, f"{self.label}: HTTP {status} {response.reason}")
-        reject_unusable(response, self.label)
+            raise MirrorFailed(tag, f"{label}: HTTP {status} {response.reason}")
+        reject_unusable(response, label)
         start, end, total = content_range(response.headers.get("Content-Range", ""))
         length = to_int(response.headers.get("Content-Length"))
         if (start != first or end is None or not first <= end <= last or total != self.total
                 or (length is not None and length != end - start + 1)):
-            raise Unsegmentable(f"{self.label}: asked for bytes {first}-{last} of {self.total}, got Content-Range "
+            raise Unsegmentable(f"{label}: asked for bytes {first}-{last} of {self.total}, got Content-Range "
                                 f"{response.headers.get('Content-Range')!r}")
-        self._agree(response)
+        self._agree(response, server)
 
-    def _agree(self, response: requests.Response) -> None:
-        """Every answer names the same object: the first one's strong ETag, else its Last-Modified."""
+    def _agree(self, response: requests.Response, server: Server) -> None:
+        """Every answer of a mirror names the same object: its first one's strong ETag, else its Last-Modified."""
         etag, modified = strong_etag(response), response.headers.get("Last-Modified")
+        known = server.validators
         with self.plan.lock:
-            if "etag" not in self.meta and "last_modified" not in self.meta:
+            if "etag" not in known and "last_modified" not in known:
                 if not (etag or modified or self.pinned):
-                    raise Unsegmentable(f"{self.label}: no validator proves the segments are of one file")
-                self.meta.update(etag=etag, last_modified=modified)
+                    raise Unsegmentable(f"{server.label}: no validator proves the segments are of one file")
+                known.update(etag=etag, last_modified=modified)
                 return
-            known = self.meta.get("etag"), self.meta.get("last_modified")
-            if (etag, None if etag else modified) != (known[0], None if known[0] else known[1]):
-                raise Unsegmentable(f"{self.label}: the file changed during the download "
-                                    f"(ETag {known[0]!r} then {etag!r}, Last-Modified {known[1]!r} then {modified!r})")
+            was = known.get("etag"), known.get("last_modified")
+            if (etag, None if etag else modified) != (was[0], None if was[0] else was[1]):
+                raise Unsegmentable(f"{server.label}: the file changed during the download "
+                                    f"(ETag {was[0]!r} then {etag!r}, Last-Modified {was[1]!r} then {modified!r})")
 
 
 _datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync

@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import requests
 import urllib3
@@ -71,6 +71,8 @@ def transfer(
     label: Optional[str] = None,
     want_md5: bool = False,
     progress: Optional[Progress] = None,
+    also: Sequence[Source] = (),
+    account: Optional[list] = None,
 ) -> FileFacts:
     """Bring ``source``'s bytes into ``part`` and check them against the expected size and sha256.
 
@@ -78,6 +80,11 @@ def transfer(
     copied instead of downloaded. ``progress`` hears of every chunk written. Raises :class:`MirrorFailed` (outcome tag + one line) when this
     source cannot deliver; the part is kept for a resume unless its bytes are known bad.
     KeyboardInterrupt leaves part and sidecar consistent and propagates.
+
+    ``also``: other mirrors' sources of the same pinned bytes; a segmented download takes segments from all
+    of them at once, drops one that fails, and traces a sha256 mismatch to the one that sent bad bytes.
+    ``account``, when given, receives ``(source, bytes it served, seconds, its failure or None)`` for each
+    source of a segmented download.
     """
     label = label or source.label
     policy = policy or RetryPolicy()
@@ -96,12 +103,15 @@ def transfer(
             connections = connection_count(expected_size, policy.connections)
             result = None
             if connections > 1:
-                result = _in_segments(source, partfile, resume, expected_size, expected_sha256, session, policy,
+                result = _in_segments([source, *also], partfile, resume, expected_size, expected_sha256, session, policy,
                                       label, progress, connections)
                 resume = False  # what the segments left is not a prefix for one stream
             if result is None:
                 result = _in_one_stream(source, partfile, resume, expected_size, expected_sha256, session, policy,
                                         label, progress)
+        if account is not None:
+            account.extend((server.source, server.served.covered(), partfile.seconds, server.failure)
+                           for server in partfile.servers)
         if isinstance(result, MirrorFailed):
             partfile.discard()
             raise result
@@ -130,15 +140,16 @@ def _in_one_stream(source: Source, part: "_Part", resume: bool, expected_size: O
     return result
 
 
-def _in_segments(source: Source, part: "_Part", resume: bool, expected_size: int, expected_sha256: Optional[str],
-                 session: requests.Session, policy: RetryPolicy, label: str,
+def _in_segments(sources: list[Source], part: "_Part", resume: bool, expected_size: int,
+                 expected_sha256: Optional[str], session: requests.Session, policy: RetryPolicy, label: str,
                  progress: Callable[[int, Optional[int]], None], connections: int) -> FileFacts | MirrorFailed | None:
-    """``connections`` ranged GETs at once (:mod:`~phasegpt_ckpt.source.segments`); None when the server does
-    not serve the file consistently in ranges, or resumed bytes fail the check: then one stream from byte 0."""
+    """``connections`` ranged GETs at once to each of ``sources`` (:mod:`~phasegpt_ckpt.source.segments`); None
+    when the server does not serve the file consistently in ranges, or resumed bytes fail the check: then one
+    stream from byte 0. With several sources a hash mismatch is traced to the mirror that sent bad bytes."""
     done = part.open_segmented(resume, expected_size)
-    download = Download(source, part.fileno(), expected_size, part.meta, done, session=session, policy=policy,
-                        label=label, connections=connections, pinned=expected_sha256 is not None,
-                        sidecar=part.sidecar)
+    download = Download(sources, part.fileno(), part.path, expected_size, part.meta, done, session=session,
+                        policy=policy, connections=connections, pinned=expected_sha256 is not None)
+    part.servers = download.servers
     try:
         download.run(part.hasher(), progress)
     except Unsegmentable as why:
@@ -148,8 +159,16 @@ def _in_segments(source: Source, part: "_Part", resume: bool, expected_size: int
     except BaseException:
         part.close() if download.plan.written.covered() else part.discard()  # the control record is written
         raise
-    part.size = expected_size
+    part.size, part.seconds = expected_size, download.seconds
     result = _check(part, expected_size, expected_sha256, label)
+    if isinstance(result, MirrorFailed) and len(sources) > 1:
+        culprit = download.blame()
+        if culprit is not None:
+            culprit.failure = MirrorFailed("corrupt bytes", f"{culprit.label}: served bytes that differ from the "
+                                                            "other mirrors' (found after the sha256 mismatch)")
+            log.warning(str(culprit.failure))
+            part.rehash()
+            result = _check(part, expected_size, expected_sha256, label)
     if isinstance(result, MirrorFailed) and part.resumed_from:
         log.info(f"{result}; part of the bytes came from an earlier run, downloading once more from 0")
         part.discard()
@@ -394,6 +413,8 @@ class _Part:
         self.meta: dict = dict(identity)
         self.size = self.resumed_from = 0
         self.spliced = False  # bytes come from more than one answer
+        self.servers: list = []  # a segmented download's mirrors: what each served, and why one was dropped
+        self.seconds = 0.0  # how long a segmented download took
         self._file = None
         self._hasher: Optional[Hasher] = None
         self._write_behind: Optional[_WriteBehind] = None
@@ -444,6 +465,12 @@ class _Part:
             self.meta, self.resumed_from = stored, done.covered()
         preallocate(fd, total)
         return done
+
+    def rehash(self) -> None:
+        """Hash the whole part again (its bytes were changed in place)."""
+        self._hasher.close()
+        self._hasher = Hasher(self.want_md5)
+        feed(self.path, self._hasher, self.size)
 
     def fileno(self) -> int:
         return self._file.fileno()
