@@ -313,3 +313,48 @@ def test_fetch_finishes_a_pinned_part_from_the_next_mirror_asking_only_for_the_r
         asked_second = Ranges((a, b + 1) for a, b in spans(second.requests_to(PATH)))
         assert 0 < asked_second.covered() < SIZE - 4 * 200_000  # the first mirror's bytes were kept
         assert [o.status for o in fetched.outcomes][-1] == "ok" and served_first.covered() > 0
+
+
+# -- several mirrors at once -----------------------------------------------------------------------
+
+
+def fetch_from_both(first, second, data, tmp_path, policy=SEGMENTED):
+    from phasegpt_ckpt import Store
+    from phasegpt_ckpt.source.manifest import Manifest
+
+    manifest = Manifest.model_validate({"version": 1, "artifacts": {"blob": {
+        "kind": "dataset", "filename": "blob.bin", "size": SIZE, "sha256": hashlib.sha256(data).hexdigest(),
+        "mirrors": [{"type": "url", "url": server.url(PATH)} for server in (first, second)]}}})
+    return Store(manifest, tmp_path / "cache").fetch("blob", policy=policy)
+
+
+def test_a_pinned_file_comes_from_every_mirror_at_once(data, tmp_path):
+    with FileServer() as first, FileServer() as second:
+        for server in (first, second):
+            server.add_file(PATH, data)
+        fetched = fetch_from_both(first, second, data, tmp_path)
+        assert Path(fetched.path).read_bytes() == data
+        assert all(spans(server.requests_to(PATH)) for server in (first, second))
+        assert [o.status for o in fetched.outcomes] == ["ok", "ok"]
+        assert sum(o.bytes_moved for o in fetched.outcomes) == SIZE and all(o.mb_per_s > 0 for o in fetched.outcomes)
+
+
+def test_a_failing_mirror_loses_its_segments_to_the_other(data, tmp_path):
+    with FileServer() as first, FileServer() as second:
+        for server in (first, second):
+            server.add_file(PATH, data)
+        second.set_faults(PATH, Faults(status=404))
+        fetched = fetch_from_both(first, second, data, tmp_path)
+        assert Path(fetched.path).read_bytes() == data
+        assert [(o.status, o.bytes_moved) for o in fetched.outcomes] == [("ok", SIZE), ("404", None)]
+
+
+def test_the_mirror_that_served_bad_bytes_is_found_and_the_file_finished_from_the_good_one(data, tmp_path):
+    with FileServer() as first, FileServer() as second:
+        for server in (first, second):
+            server.add_file(PATH, data)
+        first.set_faults(PATH, Faults(corrupt=True, times=2))  # two answers with 16 wrong bytes each
+        fetched = fetch_from_both(first, second, data, tmp_path)
+        assert Path(fetched.path).read_bytes() == data
+        statuses = {o.mirror: o.status for o in fetched.outcomes}
+        assert statuses == {f"url {first.url(PATH)}": "corrupt bytes", f"url {second.url(PATH)}": "ok"}, statuses

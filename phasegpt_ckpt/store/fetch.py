@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
@@ -29,6 +30,7 @@ from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors import TYPES, resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
+from phasegpt_ckpt.source.segments import connection_count
 from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
 from phasegpt_ckpt.store.cache import TOFU, Cache, place
 
@@ -46,6 +48,8 @@ class Outcome:
     kind: str
     status: str
     detail: str = ""
+    bytes_moved: Optional[int] = None  # what this mirror sent in this run (None: it sent nothing)
+    mb_per_s: Optional[float] = None  # ... and how fast, over the download's wall time
 
 
 @dataclass(kw_only=True)
@@ -207,6 +211,9 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
     """Try each mirror in order; the first that delivers checked bytes wins."""
     outcomes: list[Outcome] = []
     with requests.Session() as session:
+        together = _from_all_at_once(store, artifact, mirrors, session, policy or RetryPolicy())
+        if together is not None:
+            return together
         for mirror in mirrors:
             if not mirror.published:
                 outcomes.append(Outcome(mirror.describe(), mirror.type, "unpublished", "listed, not published yet"))
@@ -222,12 +229,54 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
     raise MirrorsExhausted(_exhausted(store, artifact, outcomes), outcomes, summary=_tried(outcomes))
 
 
+def _from_all_at_once(store: "Store", artifact: Artifact, mirrors: list[MirrorBase], session: requests.Session,
+                      policy: RetryPolicy) -> Optional[Fetched]:
+    """A pinned artifact big enough to segment, with several published HTTP mirrors (a local one not first):
+    segments from all of them at once, each mirror's bytes and speed in its outcome row. None when that does
+    not apply or does not deliver: then one mirror at a time, which resumes the bytes already there."""
+    published = [mirror for mirror in mirrors if mirror.published]
+    if (artifact.sha256 is None or artifact.size is None or connection_count(artifact.size, policy.connections) < 2
+            or not published or isinstance(published[0], LocalMirror)):
+        return None
+    joined, outcomes = [], []
+    for mirror in published:
+        try:
+            source = resolve(mirror, session)
+            _, pin = _preflight(artifact, source)
+        except MirrorFailed as err:
+            outcomes.append(Outcome(mirror.describe(), mirror.type, err.outcome, _detail(err, mirror)))
+            continue
+        if source.local_path is None and source.session is None:  # a provider's own cookies stay on its own path
+            joined.append((mirror, source))
+    if len(joined) < 2:
+        return None
+    account: list = []
+    try:
+        got = transfer(joined[0][1], _part_for(store, artifact, joined[0][0]), expected_size=artifact.size,
+                       expected_sha256=artifact.sha256, session=session, policy=policy, label=joined[0][1].label,
+                       progress=store.progress, also=[source for _, source in joined[1:]], account=account)
+    except MirrorFailed as err:
+        log.warning(f"{artifact.name} from all mirrors at once: {err}; trying them one at a time")
+        return None
+    path = store.cache.store(artifact, got, pin=pin)
+    for (mirror, _), (_, moved, seconds, failure) in zip(joined, account):
+        speed = round(moved / seconds / 1e6, 2) if seconds else None
+        if failure is not None:
+            status, detail = getattr(failure, "outcome", "inconsistent"), _detail(failure, mirror)
+        else:
+            status, detail = ("ok", f"served {moved} bytes") if moved else ("unused", "served no bytes")
+        outcomes.append(Outcome(mirror.describe(), mirror.type, status, detail, moved or None, speed))
+    return Fetched(path, got.size, got.sha256, got.md5, got.origin, name=artifact.name, outcomes=outcomes,
+                   pinned=True, pin=pin)
+
+
 def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: requests.Session,
          policy: Optional[RetryPolicy] = None) -> Fetched:
     """Resolve, agree, transfer, judge, store: one mirror's whole attempt (raises ``MirrorFailed``)."""
     source = resolve(mirror, session)
     expected_sha256, pin = _preflight(artifact, source)
     want_md5 = expected_sha256 is None and source.md5 is not None
+    began = time.monotonic()
     got = transfer(
         source, _part_for(store, artifact, mirror),
         expected_size=source.size if artifact.size is None else artifact.size,
@@ -241,7 +290,8 @@ def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: reques
     path = store.cache.store(artifact, got, pin=pin)
     if pin == TOFU:
         log.warning(f"{artifact.name} has no published sha256: recorded {got.sha256} as {TOFU}")
-    outcome = Outcome(mirror.describe(), mirror.type, "ok", pin)
+    seconds = time.monotonic() - began
+    outcome = Outcome(mirror.describe(), mirror.type, "ok", pin, mb_per_s=round(got.size / seconds / 1e6, 2))
     return Fetched(path, got.size, got.sha256, got.md5, source.label, name=artifact.name, outcomes=[outcome],
                    pinned=artifact.sha256 is not None, pin=pin)
 
