@@ -347,13 +347,13 @@ def _hf_hub_download(work: Path, size: int, env: dict) -> Optional[float]:
 
 def _bytes_moved_across_kills(work: Path, source: Path, cdn: Cdn, size: int, sha256: str, env: dict,
                               ckpt: list[str]) -> int:
-    """Fetch from ``cdn``, kill -9 it at a third and at two thirds of the file (as served), then finish from a
-    second CDN listed first: the body bytes both served, all told."""
+    """Fetch from ``cdn``, kill -9 it at a third and at two thirds of the file (as served), stop ``cdn`` and
+    finish from a second CDN: the body bytes both served, all told."""
     cache, first, second = work / "kills-cache", work / "first.yaml", work / "second.yaml"
     other = Cdn(source)
     try:
-        write_manifest(first, cdn.url, size, sha256, other.url)
-        write_manifest(second, other.url, size, sha256, cdn.url)  # the other mirror first: it finishes the part
+        write_manifest(first, cdn.url, size, sha256)
+        write_manifest(second, other.url, size, sha256, cdn.url)  # the other mirror first; the first one is gone
         start = cdn.sent()
         for share in (1 / 3, 2 / 3):
             fetch = subprocess.Popen([*ckpt, "--quiet", "--manifest", str(first), "--cache-dir", str(cache), "fetch",
@@ -362,8 +362,10 @@ def _bytes_moved_across_kills(work: Path, source: Path, cdn: Cdn, size: int, sha
                 time.sleep(0.01)
             fetch.kill()
             fetch.wait()
+        moved = cdn.sent() - start
+        cdn.close()
         timed([*ckpt, "--quiet", "--manifest", str(second), "--cache-dir", str(cache), "fetch", "blob"], env)
-        return cdn.sent() - start + other.sent()
+        return moved + other.sent()
     finally:
         other.close()
 

@@ -480,6 +480,8 @@ class Download:
         while alive := [thread for thread in threads if thread.is_alive()]:
             alive[0].join(0.1)
             progress(self.plan.written.covered(), self.total)
+            if self.plan.written.covered() >= self.total:
+                return  # connections still backing off (a dead mirror's) have nothing left to do
             now = time.monotonic()
             if now >= checkpoint_at:
                 self.checkpoint()
