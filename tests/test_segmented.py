@@ -264,7 +264,7 @@ def _recorded(sidecar: Path) -> int:
         return 0
 
 
-def test_fetch_connections_and_limit_rate_options_reach_the_download(server, data, tmp_path, run_cli):
+def test_fetch_connections_limit_rate_and_mirror_order_options_reach_the_download(server, data, tmp_path, run_cli):
     manifest = tmp_path / "manifest.yaml"
     manifest.write_text(
         "version: 1\ndefault: blob\nartifacts:\n  blob:\n    kind: dataset\n    filename: blob.bin\n"
@@ -277,6 +277,8 @@ def test_fetch_connections_and_limit_rate_options_reach_the_download(server, dat
     assert len([r for r in server.requests_to(PATH) if r.range]) >= 3
     code, _, err = run_cli("--manifest", manifest, "--cache-dir", tmp_path / "cache", "fetch", "--connections", "0")
     assert code == 2 and "--connections" in err
+    code, _, err = run_cli("--manifest", manifest, "--cache-dir", tmp_path / "cache", "fetch", "--mirror-order", "dice")
+    assert code == 2 and "mirror order" in err and len(err.strip().splitlines()) == 1
 
 
 def test_a_pinned_part_left_by_one_mirror_is_finished_by_another(data, tmp_path):
@@ -358,3 +360,26 @@ def test_the_mirror_that_served_bad_bytes_is_found_and_the_file_finished_from_th
         assert Path(fetched.path).read_bytes() == data
         statuses = {o.mirror: o.status for o in fetched.outcomes}
         assert statuses == {f"url {first.url(PATH)}": "corrupt bytes", f"url {second.url(PATH)}": "ok"}, statuses
+
+
+@pytest.mark.parametrize("where", ["option", "manifest"])
+def test_mirror_order_fastest_starts_with_the_quicker_mirror(tmp_path, where):
+    corpus = os.urandom(2**20)  # one connection, one mirror at a time
+    from phasegpt_ckpt import Store
+    from phasegpt_ckpt.source.manifest import Manifest
+
+    with FileServer() as slow, FileServer() as fast:
+        for server in (slow, fast):
+            server.add_file(PATH, corpus)
+        slow.set_faults(PATH, Faults(stall=0.3))  # every answer a round trip late
+        entry = {"kind": "dataset", "filename": "input.txt", "size": len(corpus),
+                 "sha256": hashlib.sha256(corpus).hexdigest(),
+                 "mirrors": [{"type": "url", "url": server.url(PATH)} for server in (slow, fast)]}
+        if where == "manifest":
+            entry["mirror_order"] = "fastest"
+        store = Store(Manifest.model_validate({"version": 1, "artifacts": {"corpus": entry}}), tmp_path / "cache")
+        fetched = store.fetch("corpus", mirror_order="fastest" if where == "option" else None)
+        assert Path(fetched.path).read_bytes() == corpus
+        assert [o.mirror for o in fetched.outcomes] == [f"url {fast.url(PATH)}"]
+        assert [r.range for r in slow.requests_to(PATH)] == [f"bytes=0-{256 * 1024 - 1}"]  # the probe only
+        assert fetched.outcomes[0].mb_per_s > 0

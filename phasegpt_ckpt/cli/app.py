@@ -155,6 +155,8 @@ def fetch(
                                               "connections (default: from the size, or $PHASEGPT_CONNECTIONS)."),
     limit_rate: Optional[float] = typer.Option(None, "--limit-rate", min=1, help="Total download speed cap, "
                                                "bytes per second."),
+    mirror_order: Optional[str] = typer.Option(None, "--mirror-order", help="manifest (its order, the default) "
+                                               "or fastest (probe each mirror, start with the quickest)."),
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Download artifacts from their first working mirror, verified, into the cache."""
@@ -166,7 +168,7 @@ def fetch(
     documents, failure = [], None
     policy = RetryPolicy(connections=connections, limit_rate=limit_rate)
     for result in store.fetch_all(names or [store.manifest.artifact().name], mirror_type=mirror, dest=dest,
-                                  force=force, policy=policy):
+                                  force=force, policy=policy, mirror_order=mirror_order):
         if isinstance(result, MirrorsExhausted):
             _show_outcomes(result.outcomes)
             documents.append({"name": result.name, "error": str(result), "outcomes": [asdict(o) for o in result.outcomes]})

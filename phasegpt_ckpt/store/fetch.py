@@ -26,6 +26,7 @@ from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, Phase
 from phasegpt_ckpt.proof.digest import FileFacts
 from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
 from phasegpt_ckpt.proof.verify import disagreement, mismatch
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors import TYPES, resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
@@ -73,10 +74,14 @@ class Located:
 
 
 def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[str] = None,
-          dest: str | Path | None = None, policy: Optional[RetryPolicy] = None, force: bool = False) -> Fetched:
+          dest: str | Path | None = None, policy: Optional[RetryPolicy] = None, force: bool = False,
+          mirror_order: Optional[str] = None) -> Fetched:
     """Get artifact ``name`` (the manifest's default when None) as a verified local file (see :meth:`Store.fetch`)."""
     artifact = store.manifest.artifact(name)
     mirrors = _mirrors_of(artifact, mirror_type)
+    order = mirror_order or artifact.mirror_order
+    if order not in ("manifest", "fastest"):
+        raise BadInput(f"unknown mirror order {order!r}: use manifest or fastest")
     with store.cache.lock(artifact.name):
         fetched = None if force else _from_cache(artifact, store.cache)
         if fetched is None and store.offline:
@@ -90,6 +95,8 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
                     summary="offline, not cached",
                 )
         if fetched is None:
+            if order == "fastest":
+                mirrors = _fastest_first(mirrors, policy or RetryPolicy())
             fetched = _from_mirrors(store, artifact, mirrors, policy)
     if dest is not None:
         fetched.path = place(fetched.path, dest, artifact.filename)
@@ -227,6 +234,38 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
             fetched.outcomes = outcomes + fetched.outcomes
             return fetched
     raise MirrorsExhausted(_exhausted(store, artifact, outcomes), outcomes, summary=_tried(outcomes))
+
+
+PROBE_BYTES = 256 * 1024  # what --mirror-order fastest asks each mirror for
+
+
+def _fastest_first(mirrors: list[MirrorBase], policy: RetryPolicy) -> list[MirrorBase]:
+    """The mirrors by how soon each delivers its first 256 KiB (a local one: at once); those that cannot, last;
+    ties keep the manifest's order."""
+    seconds = {id(mirror): _probe(mirror, policy) for mirror in mirrors}
+    ordered = sorted(mirrors, key=lambda mirror: seconds[id(mirror)])
+    log.info("mirrors, fastest first: " + ", ".join(f"{m.describe()} ({seconds[id(m)]:.3f} s)" for m in ordered))
+    return ordered
+
+
+def _probe(mirror: MirrorBase, policy: RetryPolicy) -> float:
+    if not mirror.published:
+        return float("inf")
+    try:
+        with requests.Session() as session:
+            source = resolve(mirror, session)
+            if source.local_path is not None:
+                return 0.0
+            began = time.monotonic()
+            headers = {**source.headers, "Accept-Encoding": "identity", "Range": f"bytes=0-{PROBE_BYTES - 1}"}
+            with web.get(source.session or session, source.url, headers=headers, label=source.label, stream=True,
+                         timeout=(policy.connect_timeout, policy.read_timeout)) as response:
+                if response.status_code not in (200, 206):
+                    return float("inf")
+                response.raw.read(PROBE_BYTES)
+            return time.monotonic() - began
+    except (PhasegptError, requests.RequestException, OSError):
+        return float("inf")
 
 
 def _from_all_at_once(store: "Store", artifact: Artifact, mirrors: list[MirrorBase], session: requests.Session,
