@@ -29,6 +29,7 @@ start-up each target leaves room for.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -58,7 +59,7 @@ def serve(path: str) -> None:
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            with open(path, "rb") as file:
+            with open(path, "rb") as file, contextlib.suppress(ConnectionError):  # a client that hung up
                 self.connection.sendfile(file)
 
         def log_message(self, *args):

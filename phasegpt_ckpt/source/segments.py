@@ -1,7 +1,8 @@
 """One file over several ranged connections at once, written in place and hashed as its prefix grows.
 
-:func:`download` is the engine :func:`~phasegpt_ckpt.source.transfer.transfer` uses when a file is big
-enough to be worth it (:func:`connection_count`). The ``.part`` is preallocated; each connection GETs one
+:class:`Download` is the engine :func:`~phasegpt_ckpt.source.transfer.transfer` uses when a file is big
+enough to be worth it (:func:`connection_count`), from one URL or, for a pinned artifact, from several
+mirrors at once (each with its own validators; a mirror that fails loses its pieces to the others). The ``.part`` is preallocated; each connection GETs one
 ``Range: bytes=a-b`` at a time and writes what arrives at its offset with ``os.pwrite``. A connection
 with nothing left to start takes the back half of the biggest segment still in flight (work stealing),
 so the last seconds are not one straggler. A hasher thread follows the contiguous prefix of the part
@@ -245,8 +246,11 @@ def recorded(meta: dict, total: int, length: int) -> Ranges:
 def read_record(sidecar: Path) -> Optional[dict]:
     """The sidecar's JSON, read without following a symlink; None when absent or unreadable."""
     try:
-        fd = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError:
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a planted FIFO or device is no record
+        os.close(fd)
         return None
     with os.fdopen(fd, "rb") as file:
         try:

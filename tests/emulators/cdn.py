@@ -138,6 +138,12 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:
             self.close_connection = True  # the client hung up (a segment finished elsewhere, a kill)
 
+    def handle(self):
+        try:
+            super().handle()
+        except ConnectionError:
+            pass  # the client went away: a stolen tail, a kill
+
     def log_message(self, format, *args):
         pass
 
