@@ -229,8 +229,9 @@ transfer(Source(label="big", url=sys.argv[1]), Path(sys.argv[2]), expected_size=
 """
 
 
-@pytest.mark.parametrize("seed", [1, 2])
-def test_after_kill_9_a_rerun_asks_only_for_the_missing_ranges(server, data, tmp_path, seed):
+@pytest.mark.parametrize("seed, signum", [(1, signal.SIGKILL), (2, signal.SIGKILL), (2, signal.SIGINT)],
+                         ids=["kill-9-early", "kill-9-later", "ctrl-c"])
+def test_after_kill_9_a_rerun_asks_only_for_the_missing_ranges(server, data, tmp_path, seed, signum):
     server.set_faults(PATH, Faults(bytes_per_second=250_000))  # per connection: 4 s for the file
     part, sidecar = tmp_path / "model.pt.part", tmp_path / "model.pt.part.json"
     sha256 = hashlib.sha256(data).hexdigest()
@@ -242,7 +243,7 @@ def test_after_kill_9_a_rerun_asks_only_for_the_missing_ranges(server, data, tmp
         while time.monotonic() < deadline and _recorded(sidecar) < want:
             time.sleep(0.02)
         time.sleep(0.05 * seed)
-        child.send_signal(signal.SIGKILL)
+        child.send_signal(signum)
     finally:
         child.wait()
     record = json.loads(sidecar.read_text())
