@@ -253,7 +253,8 @@ HF_DOWNLOAD = ("import sys; from huggingface_hub import hf_hub_download; "
 
 
 class Cdn:
-    """tests/emulators/cdn.py in its own process, serving ``path``; :meth:`sent` asks it how many body bytes went out."""
+    """tests/emulators/cdn.py in its own process, serving ``path``; :meth:`sent` asks it how many body bytes
+    went out."""
 
     def __init__(self, path: Path, rate: float = CDN_RATE, rtt: float = CDN_RTT):
         self.process = subprocess.Popen([PYTHON, str(CDN), str(path), str(rate), str(rtt)], stdout=subprocess.PIPE,
@@ -298,7 +299,8 @@ def cdn_comparison(size_mib: int, env: dict, ckpt: list[str]) -> list[dict]:
             print(f"  fetch / {anchor}: {seconds[anchor] / ours:.2f}x" + (f"  (target >= {target})" if target else ""))
             measures.append({"name": f"CDN fetch / {anchor}", "value": seconds[anchor] / ours,
                              "target": None if target is None else f">= {target}"})
-    print(f"  bytes moved, two kill -9 and a finish from another mirror: {moved / size:.3f} x the file (target <= 1.15)")
+    print(f"  bytes moved, two kill -9 and a finish from another mirror: {moved / size:.3f} x the file "
+          "(target <= 1.15)")
     measures.append({"name": "CDN bytes moved across two kills / file", "value": moved / size, "target": "<= 1.15"})
     return measures
 

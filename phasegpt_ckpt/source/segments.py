@@ -2,10 +2,10 @@
 
 :class:`Download` is the engine :func:`~phasegpt_ckpt.source.transfer.transfer` uses when a file is big
 enough to be worth it (:func:`connection_count`), from one URL or, for a pinned artifact, from several
-mirrors at once (each with its own validators; a mirror that fails loses its pieces to the others). The ``.part`` is preallocated; each connection GETs one
-``Range: bytes=a-b`` at a time and writes what arrives at its offset with ``os.pwrite``. A connection
-with nothing left to start takes the back half of the biggest segment still in flight (work stealing),
-so the last seconds are not one straggler. A hasher thread follows the contiguous prefix of the part
+mirrors at once (each with its own validators; a mirror that fails loses its pieces to the others).
+The ``.part`` is preallocated; each connection GETs one ``Range: bytes=a-b`` at a time and writes what
+arrives at its offset with ``os.pwrite``. A connection with nothing left to start takes the back half of
+the biggest segment still in flight (work stealing), so the last seconds are not one straggler. A hasher thread follows the contiguous prefix of the part
 (reading it back from the page cache), so sha256 is ready right after the last byte lands.
 
 Every answer must come from one object: a 206 whose ``Content-Range`` starts where asked with the

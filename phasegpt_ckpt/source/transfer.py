@@ -103,8 +103,8 @@ def transfer(
             connections = connection_count(expected_size, policy.connections)
             result = None
             if connections > 1:
-                result = _in_segments([source, *also], partfile, resume, expected_size, expected_sha256, session, policy,
-                                      label, progress, connections)
+                result = _in_segments([source, *also], partfile, resume, expected_size, expected_sha256, session,
+                                      policy, label, progress, connections)
                 resume = False  # what the segments left is not a prefix for one stream
             if result is None:
                 result = _in_one_stream(source, partfile, resume, expected_size, expected_sha256, session, policy,
@@ -157,7 +157,10 @@ def _in_segments(sources: list[Source], part: "_Part", resume: bool, expected_si
         part.discard()
         return None
     except BaseException:
-        part.close() if download.plan.written.covered() else part.discard()  # the control record is written
+        if download.plan.written.covered():
+            part.close()  # the control record describes what is on disk, for the next run
+        else:
+            part.discard()
         raise
     part.size, part.seconds = expected_size, download.seconds
     result = _check(part, expected_size, expected_sha256, label)
@@ -257,7 +260,7 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
             return _range_not_satisfiable(response, part, expected_size, label)
         if status in (408, 429) or status >= 500:
             raise Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
-                         web.retry_after(response.headers.get("Retry-After")))
+                        web.retry_after(response.headers.get("Retry-After")))
         if status not in (200, 206):
             tag = str(status) if status in (401, 403, 404) else f"http {status}"
             raise MirrorFailed(tag, f"{label}: HTTP {status} {response.reason} from {response.url}")

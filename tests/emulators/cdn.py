@@ -39,7 +39,8 @@ class CdnServer:
                  etag: Optional[str] = None):
         self.path, self.per_connection, self.rtt = Path(path), per_connection, rtt
         self.size = self.path.stat().st_size
-        self.etag = etag or f'"{hashlib.sha256(str((self.path, self.size, self.path.stat().st_mtime)).encode()).hexdigest()[:32]}"'
+        identity = str((self.path, self.size, self.path.stat().st_mtime)).encode()
+        self.etag = etag or f'"{hashlib.sha256(identity).hexdigest()[:32]}"'
         self.last_modified = formatdate(self.path.stat().st_mtime, usegmt=True)
         self.sent, self.ranges = 0, []
         self._lock = threading.Lock()
