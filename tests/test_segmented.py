@@ -342,6 +342,17 @@ def test_a_pinned_file_comes_from_every_mirror_at_once(data, tmp_path):
         assert sum(o.bytes_moved for o in fetched.outcomes) == SIZE and all(o.mb_per_s > 0 for o in fetched.outcomes)
 
 
+def test_mirrors_on_one_host_share_its_connection_cap(data, tmp_path):
+    with FileServer() as first, FileServer() as second:  # two mirrors, one host: 127.0.0.1
+        for server in (first, second):
+            server.add_file(PATH, data)
+            server.set_faults(PATH, Faults(stall=0.4))  # no connection asks twice in the first 0.4 s
+        fetch_from_both(first, second, data, tmp_path, policy=replace(SEGMENTED, connections=16))
+        opened = [len([r for r in server.requests_to(PATH) if r.at - server.requests_to(PATH)[0].at < 0.3])
+                  for server in (first, second)]
+        assert opened == [8, 8]  # 16 to the host, not 16 to each mirror
+
+
 def test_a_failing_mirror_loses_its_segments_to_the_other(data, tmp_path):
     with FileServer() as first, FileServer() as second:
         for server in (first, second):

@@ -451,7 +451,7 @@ class Download:
     def run(self, hasher: Hasher, progress: Callable[[int, Optional[int]], None]) -> None:
         """Fetch every missing byte and hash the whole part; raises what stopped it."""
         threads = [threading.Thread(target=self._connection, args=(server,), daemon=True)
-                   for _ in range(self.connections) for server in self.servers]
+                   for server in self.servers for _ in range(self._connections_to(server))]
         follower = threading.Thread(target=self._follow, args=(hasher,), daemon=True)
         began = time.monotonic()
         for thread in [follower, *threads]:
@@ -478,6 +478,12 @@ class Download:
             problem = self.plan.problem or Retry("connection error", f"{self.label}: the download stopped")
             raise MirrorFailed(problem.outcome, f"{problem} (every connection gave up after "
                                                 f"{self.policy.attempts} attempts without new bytes)")
+
+    def _connections_to(self, server: Server) -> int:
+        """``connections``, but never more than 16 to one host, however many of the mirrors it serves."""
+        host = web.origin(server.source.url).host
+        sharing = sum(web.origin(other.source.url).host == host for other in self.servers)
+        return max(1, min(self.connections, MAX_PER_HOST // sharing))
 
     def _watch(self, threads: list[threading.Thread], progress: Callable[[int, Optional[int]], None]) -> None:
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
