@@ -29,6 +29,7 @@ start-up each target leaves room for.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -58,7 +59,7 @@ def serve(path: str) -> None:
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(size))
             self.end_headers()
-            with open(path, "rb") as file:
+            with open(path, "rb") as file, contextlib.suppress(ConnectionError):  # a client that hung up
                 self.connection.sendfile(file)
 
         def log_message(self, *args):
@@ -106,10 +107,12 @@ def make_file(path: Path, size: int) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(path: Path, url: str, size: int, sha256: str) -> None:
+def write_manifest(path: Path, url: str, size: int, sha256: str, *more_urls: str) -> None:
+    """One pinned artifact ``blob`` with a `url` mirror for ``url`` and each of ``more_urls``, in that order."""
+    mirrors = "".join(f"      - {{type: url, url: \"{each}\"}}\n" for each in (url, *more_urls))
     path.write_text(
         "version: 1\ndefault: blob\nartifacts:\n  blob:\n    kind: dataset\n    filename: blob.bin\n"
-        f"    size: {size}\n    sha256: {sha256}\n    mirrors:\n      - {{type: url, url: \"{url}\"}}\n"
+        f"    size: {size}\n    sha256: {sha256}\n    mirrors:\n{mirrors}"
     )
 
 
@@ -136,6 +139,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cdn-mib", type=int, default=256, help="the throttled-CDN comparison's file (0: skip it)")
     args = parser.parse_args()
     size = args.size_mib * 2**20
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -233,7 +237,140 @@ def main() -> None:
     for name in ("start-up: verify FILE (1 KiB)", "start-up: fetch NAME (cached)", "start-up: phasegpt-ckpt --help"):
         measures.append({"name": f"{name.removeprefix('start-up: ')} start-up beyond python's, s",
                          "value": seconds[name] - python, "target": None})
+    if args.cdn_mib:
+        measures.extend(cdn_comparison(args.cdn_mib, env, ckpt))
     print("RESULT " + json.dumps({"measures": measures}))
+
+
+# -- a CDN that caps each connection: segmented fetch against aria2c, curl and hf_hub_download ----------
+
+CDN_RATE, CDN_RTT = 25e6, 0.030  # bytes/s per connection, seconds per round trip
+CDN = REPO / "tests" / "emulators" / "cdn.py"
+ARIA2 = ["aria2c", "-q", "-x16", "-s16", "-k1M", "--allow-overwrite=true", "--auto-file-renaming=false",
+         "--file-allocation=none", "--check-certificate=false"]
+HF_DOWNLOAD = ("import sys; from huggingface_hub import hf_hub_download; "
+               "hf_hub_download('org/ckpt', 'blob.bin', cache_dir=sys.argv[1])")
+
+
+class Cdn:
+    """tests/emulators/cdn.py in its own process, serving ``path``; :meth:`sent` asks it how many body bytes
+    went out."""
+
+    def __init__(self, path: Path, rate: float = CDN_RATE, rtt: float = CDN_RTT):
+        self.process = subprocess.Popen([PYTHON, str(CDN), str(path), str(rate), str(rtt)], stdout=subprocess.PIPE,
+                                         text=True)
+        self.origin = f"http://127.0.0.1:{self.process.stdout.readline().strip()}"
+        self.url = f"{self.origin}/{path.name}"
+
+    def sent(self) -> int:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.origin}/stats") as answer:
+            return json.load(answer)["sent"]
+
+    def close(self) -> None:
+        self.process.terminate()
+        self.process.wait()
+
+
+def cdn_comparison(size_mib: int, env: dict, ckpt: list[str]) -> list[dict]:
+    """One run of each download from the throttled CDN (25 MB/s per connection, 30 ms round trip), then the
+    bytes a fetch moves when killed twice (kill -9) and finished from another mirror. Returns RESULT measures."""
+    size = size_mib * 2**20
+    with tempfile.TemporaryDirectory(prefix="phasegpt-cdn-") as tmp:
+        work = Path(tmp)
+        source = work / "blob.bin"
+        sha256 = make_file(source, size)
+        cdn = Cdn(source)
+        try:
+            seconds = _cdn_downloads(work, cdn, size, sha256, env, ckpt)
+            moved = _bytes_moved_across_kills(work, source, cdn, size, sha256, env, ckpt)
+        finally:
+            cdn.close()
+    print(f"throttled CDN: {size_mib} MiB, {CDN_RATE / 1e6:.0f} MB/s per connection, {CDN_RTT * 1e3:.0f} ms round "
+          "trip, one run each (2 shared cores: the server, the client and hashing compete)")
+    for name, secs in seconds.items():
+        shown = "absent (apt-get install aria2)" if secs is None else f"{secs:7.3f} s  {size / secs / 1e6:7.1f} MB/s"
+        print(f"  {name:36s} {shown}")
+    ours = seconds["phasegpt-ckpt fetch (verified)"]
+    measures = []
+    for anchor, target in (("aria2c -x16 -s16 -k1M", 1.0), ("curl -s -o", 8.0), ("hf_hub_download", None)):
+        if seconds.get(anchor) is not None:
+            print(f"  fetch / {anchor}: {seconds[anchor] / ours:.2f}x" + (f"  (target >= {target})" if target else ""))
+            measures.append({"name": f"CDN fetch / {anchor}", "value": seconds[anchor] / ours,
+                             "target": None if target is None else f">= {target}"})
+    print(f"  bytes moved, two kill -9 and a finish from another mirror: {moved / size:.3f} x the file "
+          "(target <= 1.15)")
+    measures.append({"name": "CDN bytes moved across two kills / file", "value": moved / size, "target": "<= 1.15"})
+    return measures
+
+
+def _cdn_downloads(work: Path, cdn: Cdn, size: int, sha256: str, env: dict, ckpt: list[str]) -> dict:
+    out, cache = work / "out.bin", work / "cache"
+    manifest = work / "cdn.yaml"
+    write_manifest(manifest, cdn.url, size, sha256)
+    seconds: dict[str, Optional[float]] = {}
+
+    def clear():
+        out.unlink(missing_ok=True)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.rmtree(work / "hf", ignore_errors=True)
+
+    commands = {"aria2c -x16 -s16 -k1M": [*ARIA2, "-d", str(work), "-o", out.name, cdn.url] if shutil.which("aria2c")
+                else None,
+                "curl -s -o": ["curl", "-s", "-o", str(out), cdn.url],
+                "phasegpt-ckpt fetch (verified)": [*ckpt, "--quiet", "--manifest", str(manifest), "--cache-dir",
+                                                   str(cache), "fetch", "blob"]}
+    for name, command in commands.items():
+        clear()
+        seconds[name] = None if command is None else timed(command, env)[0]
+    clear()
+    seconds["hf_hub_download"] = _hf_hub_download(work, size, env)
+    clear()
+    return seconds
+
+
+def _hf_hub_download(work: Path, size: int, env: dict) -> Optional[float]:
+    """huggingface_hub (no hf_transfer, no Xet) against the Hub emulator, its CDN throttled the same way."""
+    sys.path.insert(0, str(REPO / "tests"))
+    try:
+        from emulators.fileserver import Faults
+        from emulators.hf import HfEmulator
+    except ImportError:
+        return None
+    with HfEmulator() as hub:
+        hub.add_repo("org/ckpt")
+        hub.put("org/ckpt", "blob.bin", (work / "blob.bin").read_bytes())
+        hub.cdn.set_faults(hub.cdn_path("org/ckpt", "blob.bin"), Faults(bytes_per_second=CDN_RATE, stall=CDN_RTT))
+        hf_env = {**env, "HF_ENDPOINT": hub.origin, "HF_HUB_DISABLE_XET": "1", "HF_HUB_DISABLE_TELEMETRY": "1",
+                  "HF_HOME": str(work / "hf")}
+        hf_env.pop("HF_TOKEN", None)
+        return timed([PYTHON, "-c", HF_DOWNLOAD, str(work / "hf")], hf_env)[0]
+
+
+def _bytes_moved_across_kills(work: Path, source: Path, cdn: Cdn, size: int, sha256: str, env: dict,
+                              ckpt: list[str]) -> int:
+    """Fetch from ``cdn``, kill -9 it at a third and at two thirds of the file (as served), stop ``cdn`` and
+    finish from a second CDN: the body bytes both served, all told."""
+    cache, first, second = work / "kills-cache", work / "first.yaml", work / "second.yaml"
+    other = Cdn(source)
+    try:
+        write_manifest(first, cdn.url, size, sha256)
+        write_manifest(second, other.url, size, sha256, cdn.url)  # the other mirror first; the first one is gone
+        start = cdn.sent()
+        for share in (1 / 3, 2 / 3):
+            fetch = subprocess.Popen([*ckpt, "--quiet", "--manifest", str(first), "--cache-dir", str(cache), "fetch",
+                                      "blob"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+            while fetch.poll() is None and cdn.sent() - start < share * size:
+                time.sleep(0.01)
+            fetch.kill()
+            fetch.wait()
+        moved = cdn.sent() - start
+        cdn.close()
+        timed([*ckpt, "--quiet", "--manifest", str(second), "--cache-dir", str(cache), "fetch", "blob"], env)
+        return moved + other.sent()
+    finally:
+        other.close()
 
 
 if __name__ == "__main__":

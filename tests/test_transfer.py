@@ -18,6 +18,7 @@ import pytest
 
 from conftest import CORPUS_SHA256, REPO
 from emulators.fileserver import Faults, FileServer
+from full_disk import FullDisk
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, PhasegptError
 from phasegpt_ckpt.source.mirrors.base import Source
 from phasegpt_ckpt.proof.digest import hash_file
@@ -305,10 +306,13 @@ def test_local_path_is_copied_and_hashed(corpus_path, corpus, tmp_path):
 
 
 def test_disk_full_is_one_clear_error(server, corpus, tmp_path):
-    part = tmp_path / "input.txt.part"
-    part.symlink_to("/dev/full")  # every write fails with ENOSPC
-    with pytest.raises(PhasegptError, match="disk full"):
-        fetch(server, part, corpus)
+    disk = FullDisk(tmp_path)
+    disk.fill(leave=len(corpus) // 2)
+    try:
+        with pytest.raises(PhasegptError, match="disk full"):
+            fetch(server, disk.root / "input.txt.part", corpus)
+    finally:
+        disk.close()
 
 
 def test_hash_file_matches_hashlib(corpus_path, corpus):

@@ -152,15 +152,24 @@ def fetch(
     dest: Optional[Path] = typer.Option(None, "--dest", help="Also place each verified file in this directory."),
     mirror: Optional[str] = typer.Option(None, "--mirror", help="Try only mirrors of this type (hf, url, ...)."),
     force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
+    connections: Optional[int] = typer.Option(None, "--connections", min=1, max=16, help="Parallel ranged "
+                                              "connections (default: from the size, or $PHASEGPT_CONNECTIONS)."),
+    limit_rate: Optional[float] = typer.Option(None, "--limit-rate", min=1, help="Total download speed cap, "
+                                               "bytes per second."),
+    mirror_order: Optional[str] = typer.Option(None, "--mirror-order", help="manifest (its order, the default) "
+                                               "or fastest (probe each mirror, start with the quickest)."),
     json_output: bool = JSON_OUTPUT,
 ) -> None:
     """Download artifacts from their first working mirror, verified, into the cache."""
     from dataclasses import asdict
 
+    from phasegpt_ckpt.source.web import RetryPolicy
+
     store = _store()
     documents, failure = [], None
+    policy = RetryPolicy(connections=connections, limit_rate=limit_rate)
     for result in store.fetch_all(names or [store.manifest.artifact().name], mirror_type=mirror, dest=dest,
-                                  force=force):
+                                  force=force, policy=policy, mirror_order=mirror_order):
         if isinstance(result, MirrorsExhausted):
             _show_outcomes(result.outcomes)
             documents.append({"name": result.name, "error": str(result), "outcomes": [asdict(o) for o in result.outcomes]})

@@ -118,6 +118,7 @@ class Artifact(BaseModel):
     metadata: Optional[str] = None
     claims: dict[str, ClaimedValue] = {}
     mirrors: list[Mirror] = []
+    mirror_order: Literal["manifest", "fastest"] = "manifest"  # fastest: probe each mirror, start with the quickest
 
     @field_validator("filename")
     @classmethod

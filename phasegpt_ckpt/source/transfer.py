@@ -17,11 +17,10 @@ import gzip
 import json
 import logging
 import os
-import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 import requests
 import urllib3
@@ -32,6 +31,25 @@ from phasegpt_ckpt.proof.digest import CHUNK, FileFacts, Hasher, feed
 from phasegpt_ckpt.proof.verify import mismatch
 from phasegpt_ckpt.reporting import Progress, report
 from phasegpt_ckpt.source import web
+from phasegpt_ckpt.source.segments import (
+    Download,
+    Pace,
+    Ranges,
+    RateLimit,
+    Retry,
+    Unsegmentable,
+    connection_count,
+    content_range,
+    judged,
+    looks_like_html,
+    open_part,
+    preallocate,
+    read_record,
+    recorded,
+    reject_unusable,
+    strong_etag,
+    to_int,
+)
 from phasegpt_ckpt.source.web import RetryPolicy  # where the download's callers import it from
 
 log = logging.getLogger(__name__)
@@ -40,14 +58,6 @@ WRITE_BEHIND = 32 * CHUNK  # bytes written between background flushes of the par
 
 if TYPE_CHECKING:
     from phasegpt_ckpt.source.mirrors.base import Source
-
-
-class _Retry(Exception):
-    """A failure worth another attempt: (outcome tag, message, seconds the server asked us to wait)."""
-
-    def __init__(self, outcome: str, message: str, retry_after: Optional[float] = None):
-        super().__init__(message)
-        self.outcome, self.retry_after = outcome, retry_after
 
 
 def transfer(
@@ -61,6 +71,8 @@ def transfer(
     label: Optional[str] = None,
     want_md5: bool = False,
     progress: Optional[Progress] = None,
+    also: Sequence[Source] = (),
+    account: Optional[list] = None,
 ) -> FileFacts:
     """Bring ``source``'s bytes into ``part`` and check them against the expected size and sha256.
 
@@ -68,6 +80,11 @@ def transfer(
     copied instead of downloaded. ``progress`` hears of every chunk written. Raises :class:`MirrorFailed` (outcome tag + one line) when this
     source cannot deliver; the part is kept for a resume unless its bytes are known bad.
     KeyboardInterrupt leaves part and sidecar consistent and propagates.
+
+    ``also``: other mirrors' sources of the same pinned bytes; a segmented download takes segments from all
+    of them at once, drops one that fails, and traces a sha256 mismatch to the one that sent bad bytes.
+    ``account``, when given, receives ``(source, bytes it served, seconds, its failure or None)`` for each
+    source of a segmented download.
     """
     label = label or source.label
     policy = policy or RetryPolicy()
@@ -81,16 +98,20 @@ def transfer(
             result = _check(partfile, expected_size, expected_sha256, label)
         else:
             web.check_url_allowed(source.url)
-            partfile.open(resume=_resumable(partfile, expected_sha256))
             session = session or source.session or requests.Session()
-            _download(source, partfile, expected_size, session, policy, label, progress)
-            result = _check(partfile, expected_size, expected_sha256, label)
-            if isinstance(result, MirrorFailed) and partfile.spliced:
-                # a server may change a file without changing its validator: one clean run decides
-                log.info(f"{result}; the bytes came from several answers, downloading once more from 0")
-                partfile.restart()
-                _download(source, partfile, expected_size, session, policy, label, progress)
-                result = _check(partfile, expected_size, expected_sha256, label)
+            resume = _resumable(partfile, expected_sha256)
+            connections = connection_count(expected_size, policy.connections)
+            result = None
+            if connections > 1:
+                result = _in_segments([source, *also], partfile, resume, expected_size, expected_sha256, session,
+                                      policy, label, progress, connections)
+                resume = False  # what the segments left is not a prefix for one stream
+            if result is None:
+                result = _in_one_stream(source, partfile, resume, expected_size, expected_sha256, session, policy,
+                                        label, progress)
+        if account is not None:
+            account.extend((server.source, server.served.covered(), partfile.seconds, server.failure)
+                           for server in partfile.servers)
         if isinstance(result, MirrorFailed):
             partfile.discard()
             raise result
@@ -101,6 +122,61 @@ def transfer(
         raise
     finally:
         partfile.close()
+
+
+def _in_one_stream(source: Source, part: "_Part", resume: bool, expected_size: Optional[int],
+                   expected_sha256: Optional[str], session: requests.Session, policy: RetryPolicy, label: str,
+                   progress: Callable[[int, Optional[int]], None]) -> FileFacts | MirrorFailed:
+    """One GET at a time, appending to the part (resumed from its end); the part's facts, or the failure."""
+    part.open(resume=resume)
+    _download(source, part, expected_size, session, policy, label, progress)
+    result = _check(part, expected_size, expected_sha256, label)
+    if isinstance(result, MirrorFailed) and part.spliced:
+        # a server may change a file without changing its validator: one clean run decides
+        log.info(f"{result}; the bytes came from several answers, downloading once more from 0")
+        part.restart()
+        _download(source, part, expected_size, session, policy, label, progress)
+        result = _check(part, expected_size, expected_sha256, label)
+    return result
+
+
+def _in_segments(sources: list[Source], part: "_Part", resume: bool, expected_size: int,
+                 expected_sha256: Optional[str], session: requests.Session, policy: RetryPolicy, label: str,
+                 progress: Callable[[int, Optional[int]], None], connections: int) -> FileFacts | MirrorFailed | None:
+    """``connections`` ranged GETs at once to each of ``sources`` (:mod:`~phasegpt_ckpt.source.segments`); None
+    when the server does not serve the file consistently in ranges, or resumed bytes fail the check: then one
+    stream from byte 0. With several sources a hash mismatch is traced to the mirror that sent bad bytes."""
+    done = part.open_segmented(resume, expected_size)
+    download = Download(sources, part.fileno(), part.path, expected_size, part.meta, done, session=session,
+                        policy=policy, connections=connections, pinned=expected_sha256 is not None)
+    part.servers = download.servers
+    try:
+        download.run(part.hasher(), progress)
+    except Unsegmentable as why:
+        log.info(f"{why}; downloading it in one stream from byte 0")
+        part.discard()
+        return None
+    except BaseException:
+        if download.plan.written.covered():
+            part.close()  # the control record describes what is on disk, for the next run
+        else:
+            part.discard()
+        raise
+    part.size, part.seconds = expected_size, download.seconds
+    result = _check(part, expected_size, expected_sha256, label)
+    if isinstance(result, MirrorFailed) and len(sources) > 1:
+        culprit = download.blame()
+        if culprit is not None:
+            culprit.failure = MirrorFailed("corrupt bytes", f"{culprit.label}: served bytes that differ from the "
+                                                            "other mirrors' (found after the sha256 mismatch)")
+            log.warning(str(culprit.failure))
+            part.rehash()
+            result = _check(part, expected_size, expected_sha256, label)
+    if isinstance(result, MirrorFailed) and part.resumed_from:
+        log.info(f"{result}; part of the bytes came from an earlier run, downloading once more from 0")
+        part.discard()
+        return None
+    return result
 
 
 def _resumable(part: "_Part", expected_sha256: Optional[str]) -> bool:
@@ -130,12 +206,13 @@ def _download(source: Source, part: "_Part", expected_size: Optional[int], sessi
               policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None]) -> None:
     """Grow ``part`` until the server says it is complete; retry what is worth retrying."""
     failures, longest = 0, part.size
+    pace, limit = Pace(policy, label, time.monotonic() + policy.budget), RateLimit(policy.limit_rate)
     while True:
         try:
             if not (expected_size and part.size == expected_size):
-                _attempt(source, part, expected_size, session, policy, label, progress)
+                _attempt(source, part, expected_size, session, policy, label, progress, pace, limit)
             return
-        except _Retry as retry:
+        except Retry as retry:
             outcome, message, retry_after = retry.outcome, str(retry), retry.retry_after
         except requests.exceptions.SSLError as err:
             raise MirrorFailed("tls error", f"{label}: TLS failed ({err})") from None
@@ -145,19 +222,27 @@ def _download(source: Source, part: "_Part", expected_size: Optional[int], sessi
                 urllib3.exceptions.HTTPError) as err:
             outcome, retry_after = "connection error", None
             message = f"{label}: connection failed at byte {part.size} ({type(err).__name__})"
+        slow = judged(pace, Retry(outcome, message))  # a trickle between failures is too slow too
+        if slow.outcome == "too slow":
+            raise MirrorFailed(slow.outcome, str(slow))
         if part.size > longest:
             longest, failures = part.size, 0
         failures += 1
         if failures >= policy.attempts:
             raise MirrorFailed(outcome, f"{message} (gave up after {failures} attempts)")
         wait = policy.wait(failures, retry_after)
+        if time.monotonic() + wait > pace.deadline:
+            raise MirrorFailed("timeout", f"{message} (and the {policy.budget:.0f} s this mirror is given run out)")
         log.info(f"{message}; retrying in {wait:.1f}s")
         time.sleep(wait)
+        pace.restart()
 
 
 def _attempt(source: Source, part: "_Part", expected_size: Optional[int], session: requests.Session,
-             policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None]) -> None:
-    """One GET: resume from the part's length, check the answer, append its body."""
+             policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None], pace: Pace,
+             limit: RateLimit) -> None:
+    """One GET: resume from the part's length, check the answer, append its body at ``limit``'s rate,
+    abandoned when slower than ``pace`` allows."""
     too_long = expected_size is not None and part.size > expected_size  # never a prefix of the file
     if too_long:
         part.restart()
@@ -169,92 +254,81 @@ def _attempt(source: Source, part: "_Part", expected_size: Optional[int], sessio
         if validator:
             headers["If-Range"] = validator
     with web.get(session, source.url, headers=headers, label=label, stream=True,
-                 timeout=(policy.connect_timeout, policy.read_timeout)) as response:
+                 timeout=(policy.connect_timeout, min(policy.read_timeout, policy.speed_time))) as response:
         status = response.status_code
         if status == 416 and offset:
             return _range_not_satisfiable(response, part, expected_size, label)
         if status in (408, 429) or status >= 500:
-            raise _Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
-                         web.retry_after(response.headers.get("Retry-After")))
+            raise Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
+                        web.retry_after(response.headers.get("Retry-After")))
         if status not in (200, 206):
             tag = str(status) if status in (401, 403, 404) else f"http {status}"
             raise MirrorFailed(tag, f"{label}: HTTP {status} {response.reason} from {response.url}")
-        _reject_unusable(response, label)
+        reject_unusable(response, label)
         if status == 206:
             total = _check_content_range(response, part, offset, expected_size, label)
         else:
             if offset:
                 log.info(f"{label}: the server sent the whole file again; restarting from 0")
                 part.restart()
-            total = _int(response.headers.get("Content-Length"))
+            total = to_int(response.headers.get("Content-Length"))
             if None not in (total, expected_size) and total != expected_size:
                 part.discard()
                 raise MirrorFailed("too long" if total > expected_size else "size mismatch",
                                    f"{label}: the server declares {total} bytes, {expected_size} expected")
-            part.remember(_strong_etag(response), response.headers.get("Last-Modified"))
-        limit = expected_size if expected_size is not None else total
-        progress(part.size, limit)
-        _receive(response, part, limit, label, progress)
-    if limit is not None and part.size < limit:
-        raise _Retry("connection error", f"{label}: the connection closed at {part.size} of {limit} bytes")
+            part.remember(strong_etag(response), response.headers.get("Last-Modified"))
+        size = expected_size if expected_size is not None else total
+        progress(part.size, size)
+        _receive(response, part, size, label, progress, pace, limit)
+    if size is not None and part.size < size:
+        raise Retry("connection error", f"{label}: the connection closed at {part.size} of {size} bytes")
 
 
-def _receive(response: requests.Response, part: "_Part", limit: Optional[int], label: str,
-             progress: Callable[[int, Optional[int]], None]) -> None:
-    """Append the body to the part; refuse an HTML page and any byte beyond ``limit``.
+def _receive(response: requests.Response, part: "_Part", size: Optional[int], label: str,
+             progress: Callable[[int, Optional[int]], None], pace: Pace, limit: RateLimit) -> None:
+    """Append the body to the part; refuse an HTML page and any byte beyond ``size``.
 
     ``read1`` hands over what has arrived (up to CHUNK) instead of waiting for a full chunk, so a
     stalled or interrupted transfer keeps every byte received for the resume.
     """
     read = response.raw.read1
     while chunk := read(CHUNK):
-        if part.size == 0 and _looks_like_html(chunk):
+        if part.size == 0 and looks_like_html(chunk):
             part.discard()
             raise MirrorFailed("html page", f"{label}: got an HTML page instead of the file (a login, quota or error page?)")
-        if limit is not None and part.size + len(chunk) > limit:
+        if size is not None and part.size + len(chunk) > size:
             part.discard()
-            raise MirrorFailed("too long", f"{label}: the server sent more than the {limit} bytes expected")
+            raise MirrorFailed("too long", f"{label}: the server sent more than the {size} bytes expected")
+        limit.take(len(chunk))
         part.append(chunk)
-        progress(part.size, limit)
+        progress(part.size, size)
+        pace.moved(len(chunk))
 
 
 def _range_not_satisfiable(response: requests.Response, part: "_Part", expected_size: Optional[int],
                            label: str) -> None:
     """416 to ``bytes=n-``: ``bytes */n`` means the part is already complete; anything else restarts it."""
-    _, _, total = _content_range(response.headers.get("Content-Range", ""))
+    _, _, total = content_range(response.headers.get("Content-Range", ""))
     if total == part.size and expected_size in (None, total):
         return
     message = (f"{label}: HTTP 416 with Content-Range {response.headers.get('Content-Range')!r} "
                f"for a {part.size}-byte part; restarting from 0")
     part.restart()
-    raise _Retry("range error", message)
+    raise Retry("range error", message)
 
 
 def _check_content_range(response: requests.Response, part: "_Part", offset: int,
                          expected_size: Optional[int], label: str) -> Optional[int]:
     """A 206 must continue exactly where the part ends, for the file the part holds; returns its total."""
-    start, _, total = _content_range(response.headers.get("Content-Range", ""))
-    etag, known = _strong_etag(response), part.meta.get("etag")
+    start, _, total = content_range(response.headers.get("Content-Range", ""))
+    etag, known = strong_etag(response), part.meta.get("etag")
     if start != offset or (expected_size is not None and total != expected_size) or (etag and known and etag != known):
         part.restart()
-        raise _Retry("range error", f"{label}: asked for bytes {offset}-, got Content-Range "
+        raise Retry("range error", f"{label}: asked for bytes {offset}-, got Content-Range "
                                     f"{response.headers.get('Content-Range')!r}; restarting from 0")
     if offset:
         part.spliced = True
     return total
-
-
-def _reject_unusable(response: requests.Response, label: str) -> None:
-    content_type = response.headers.get("Content-Type", "")
-    if content_type.split(";")[0].strip().lower() == "text/html":
-        raise MirrorFailed("html page", f"{label}: got an HTML page instead of the file (a login, quota or error page?)")
-    encoding = response.headers.get("Content-Encoding", "identity").lower()
-    if encoding != "identity":  # offsets and hashes would be of the compressed bytes
-        raise MirrorFailed("encoded", f"{label}: the server compressed the file ({encoding}) though asked not to")
-
-
-def _looks_like_html(chunk: bytes) -> bool:
-    return chunk[:64].lstrip().lower().startswith((b"<!doctype", b"<html"))
 
 
 def _copy(path: Path, part: "_Part", label: str, progress: Callable[[int, Optional[int]], None],
@@ -280,27 +354,6 @@ def _read_or_fail(file, label: str) -> bytes:
         return file.read(CHUNK)
     except (OSError, EOFError) as err:  # gzip.BadGzipFile is an OSError
         raise MirrorFailed("unreadable", f"{label}: {err}") from None
-
-
-# -- header parsing ------------------------------------------------------------------------------
-
-
-def _content_range(value: str) -> tuple[Optional[int], Optional[int], Optional[int]]:
-    """``bytes a-b/L`` → (a, b, L); ``bytes */L`` → (None, None, L); unknown parts are None."""
-    match = re.fullmatch(r"\s*bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*", value)
-    if not match:
-        return None, None, None
-    return tuple(_int(group) for group in match.groups())  # type: ignore[return-value]
-
-
-def _strong_etag(response: requests.Response) -> Optional[str]:
-    """The ETag if it is strong: If-Range must never carry a weak one (RFC 9110 §13.1.5)."""
-    etag = response.headers.get("ETag")
-    return etag if etag and not etag.startswith("W/") else None
-
-
-def _int(value: Optional[str]) -> Optional[int]:
-    return int(value) if value and value.isdigit() else None
 
 
 def _progress(label: str, progress: Optional[Progress]) -> Callable[[int, Optional[int]], None]:
@@ -363,34 +416,70 @@ class _Part:
         self.meta: dict = dict(identity)
         self.size = self.resumed_from = 0
         self.spliced = False  # bytes come from more than one answer
+        self.servers: list = []  # a segmented download's mirrors: what each served, and why one was dropped
+        self.seconds = 0.0  # how long a segmented download took
         self._file = None
         self._hasher: Optional[Hasher] = None
         self._write_behind: Optional[_WriteBehind] = None
 
     def stored_meta(self) -> Optional[dict]:
-        """The sidecar, if it describes a part of this very download."""
-        try:
-            meta = json.loads(self.sidecar.read_text())
-        except (OSError, ValueError):
+        """The sidecar, if it describes a part of this very download (neither read through a symlink).
+
+        A pinned artifact's part is the same download from any mirror (its sha256 decides): the bytes of
+        another URL are kept, but that server's validators do not apply to this one.
+        """
+        meta = read_record(self.sidecar)
+        pinned = self.identity["expected_sha256"] is not None
+        binding = {key: value for key, value in self.identity.items() if not (pinned and key == "url")}
+        if meta is None or any(meta.get(key) != value for key, value in binding.items()):
             return None
-        same = all(meta.get(key) == value for key, value in self.identity.items())
-        return meta if same and self.path.is_file() else None
+        if meta.get("url") != self.identity["url"]:
+            meta = {key: value for key, value in meta.items() if key not in ("etag", "last_modified")}
+            meta["url"] = self.identity["url"]
+        return meta if self.path.is_file() and not self.path.is_symlink() else None
 
     def open(self, resume: bool) -> None:
         """Open the part: keep (and re-hash once) the bytes of an earlier run, or start empty."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, kept = open_part(self.path, keep=resume)
+        self._file = os.fdopen(fd, "r+b")
         self._hasher = Hasher(self.want_md5)
-        if resume:
+        if kept:
             self.meta = self.stored_meta() or self.meta
-            self._file = open(self.path, "r+b")
-            # after kill -9 the file, not the sidecar, knows its length
-            self.size = self.resumed_from = self._file.seek(0, os.SEEK_END)
+            # after kill -9 the file, not the sidecar, knows its length; a segmented part, its record's prefix
+            length = self._file.seek(0, os.SEEK_END)
+            self.size = self.resumed_from = recorded(self.meta, length, length).prefix()
+            self._file.truncate(self.size)
+            self._file.seek(self.size)
             feed(self.path, self._hasher, self.size)  # hashed once here, never downloaded again
             self.spliced = self.size > 0
         else:
-            self._file = open(self.path, "wb")
             self._write_sidecar()
         self._write_behind = _WriteBehind(self._file)
+
+    def open_segmented(self, resume: bool, total: int) -> Ranges:
+        """Open the part for writes at any offset, preallocated to ``total``; the ranges kept from an earlier
+        run (its control record's, re-fetched if the record cannot be trusted)."""
+        stored = self.stored_meta() if resume else None
+        fd, kept = open_part(self.path, keep=stored is not None)
+        self._file = os.fdopen(fd, "r+b", buffering=0)
+        self._hasher = Hasher(self.want_md5)
+        done = recorded(stored, total, os.fstat(fd).st_size) if kept else Ranges()
+        if done.covered():
+            self.meta, self.resumed_from = stored, done.covered()
+        preallocate(fd, total)
+        return done
+
+    def rehash(self) -> None:
+        """Hash the whole part again (its bytes were changed in place)."""
+        self._hasher.close()
+        self._hasher = Hasher(self.want_md5)
+        feed(self.path, self._hasher, self.size)
+
+    def fileno(self) -> int:
+        return self._file.fileno()
+
+    def hasher(self) -> Hasher:
+        return self._hasher
 
     def remember(self, etag: Optional[str], last_modified: Optional[str]) -> None:
         """Record the validators of a fresh full answer before any of its bytes land."""

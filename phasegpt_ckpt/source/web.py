@@ -297,6 +297,16 @@ class RetryPolicy:
     max_retry_after: float = 120.0
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    # bounded cost, as curl's --speed-limit/--speed-time: a connection moving fewer than speed_limit
+    # bytes/s over speed_time seconds is abandoned (and retried); one mirror's whole attempt ends after budget s
+    speed_limit: float = 1024.0
+    speed_time: float = 30.0
+    budget: float = 6 * 3600.0
+    # how a download is spread: connections (None: chosen from the size, or $PHASEGPT_CONNECTIONS),
+    # the smallest piece an idle connection takes from a busy one, a total bytes/s cap (None: no cap)
+    connections: Optional[int] = None
+    min_segment: int = 1024 * 1024
+    limit_rate: Optional[float] = None
 
     def wait(self, failures: int, retry_after: Optional[float]) -> float:
         """Seconds to sleep before attempt ``failures + 1``."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +29,12 @@ from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.proof.digest import FileFacts, Hasher
 from phasegpt_ckpt.proof.metadata import CheckpointInfo, load_metadata
 from phasegpt_ckpt.proof.verify import disagreement, mismatch
+from phasegpt_ckpt.source import web
 from phasegpt_ckpt.source.manifest import Artifact, renamed
 from phasegpt_ckpt.source.mirrors import TYPES, resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
+from phasegpt_ckpt.source.segments import connection_count
 from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
 from phasegpt_ckpt.store.cache import TOFU, Cache, place
 
@@ -52,6 +55,8 @@ class Outcome:
     kind: str
     status: str
     detail: str = ""
+    bytes_moved: Optional[int] = None  # what this mirror sent in this run (None: it sent nothing)
+    mb_per_s: Optional[float] = None  # ... and how fast, over the download's wall time
 
 
 @dataclass(kw_only=True)
@@ -75,10 +80,14 @@ class Located:
 
 
 def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[str] = None,
-          dest: str | Path | None = None, policy: Optional[RetryPolicy] = None, force: bool = False) -> Fetched:
+          dest: str | Path | None = None, policy: Optional[RetryPolicy] = None, force: bool = False,
+          mirror_order: Optional[str] = None) -> Fetched:
     """Get artifact ``name`` (the manifest's default when None) as a verified local file (see :meth:`Store.fetch`)."""
     artifact = store.manifest.artifact(name)
     mirrors = _mirrors_of(artifact, mirror_type)
+    order = mirror_order or artifact.mirror_order
+    if order not in ("manifest", "fastest"):
+        raise BadInput(f"unknown mirror order {order!r}: use manifest or fastest")
     with store.cache.lock(artifact.name):
         fetched = None if force else _from_cache(artifact, store.cache)
         if fetched is None and store.offline:
@@ -92,6 +101,8 @@ def fetch(store: "Store", name: Optional[str] = None, *, mirror_type: Optional[s
                     summary="offline, not cached",
                 )
         if fetched is None:
+            if order == "fastest":
+                mirrors = _fastest_first(mirrors, policy or RetryPolicy())
             fetched = (_from_parts if artifact.parts else _from_mirrors)(store, artifact, mirrors, policy)
     for index in range(len(artifact.parts or [])):  # once the whole is in: the cache lock released, blobs too
         name = _piece_name(artifact, index)
@@ -217,6 +228,9 @@ def _from_mirrors(store: "Store", artifact: Artifact, mirrors: list[MirrorBase],
     """Try each mirror in order; the first that delivers checked bytes wins."""
     outcomes: list[Outcome] = []
     with requests.Session() as session:
+        together = _from_all_at_once(store, artifact, mirrors, session, policy or RetryPolicy())
+        if together is not None:
+            return together
         for mirror in mirrors:
             if not mirror.published:
                 outcomes.append(Outcome(mirror.describe(), mirror.type, "unpublished", "listed, not published yet"))
@@ -297,14 +311,88 @@ def _join(target: Path, got: list[Fetched]) -> FileFacts:
     return FileFacts(target, target.stat().st_size, hasher.hexdigests()["sha256"], origin=f"parts from {origins}")
 
 
+PROBE_BYTES = 256 * 1024  # what --mirror-order fastest asks each mirror for
+
+
+def _fastest_first(mirrors: list[MirrorBase], policy: RetryPolicy) -> list[MirrorBase]:
+    """The mirrors by how soon each delivers its first 256 KiB (a local one: at once); those that cannot, last;
+    ties keep the manifest's order."""
+    seconds = {id(mirror): _probe(mirror, policy) for mirror in mirrors}
+    ordered = sorted(mirrors, key=lambda mirror: seconds[id(mirror)])
+    log.info("mirrors, fastest first: " + ", ".join(f"{m.describe()} ({seconds[id(m)]:.3f} s)" for m in ordered))
+    return ordered
+
+
+def _probe(mirror: MirrorBase, policy: RetryPolicy) -> float:
+    if not mirror.published:
+        return float("inf")
+    try:
+        with requests.Session() as session:
+            source = resolve(mirror, session)
+            if source.local_path is not None:
+                return 0.0
+            began = time.monotonic()
+            headers = {**source.headers, "Accept-Encoding": "identity", "Range": f"bytes=0-{PROBE_BYTES - 1}"}
+            with web.get(source.session or session, source.url, headers=headers, label=source.label, stream=True,
+                         timeout=(policy.connect_timeout, policy.read_timeout)) as response:
+                if response.status_code not in (200, 206):
+                    return float("inf")
+                response.raw.read(PROBE_BYTES)
+            return time.monotonic() - began
+    except (PhasegptError, requests.RequestException, OSError):
+        return float("inf")
+
+
+def _from_all_at_once(store: "Store", artifact: Artifact, mirrors: list[MirrorBase], session: requests.Session,
+                      policy: RetryPolicy) -> Optional[Fetched]:
+    """A pinned artifact big enough to segment, with several published HTTP mirrors (a local one not first):
+    segments from all of them at once, each mirror's bytes and speed in its outcome row. None when that does
+    not apply or does not deliver: then one mirror at a time, which resumes the bytes already there."""
+    published = [mirror for mirror in mirrors if mirror.published]
+    if (artifact.sha256 is None or artifact.size is None or connection_count(artifact.size, policy.connections) < 2
+            or not published or isinstance(published[0], LocalMirror)):
+        return None
+    joined, outcomes = [], []
+    for mirror in published:
+        try:
+            source = resolve(mirror, session)
+            _, pin = _preflight(artifact, source)
+        except MirrorFailed as err:
+            outcomes.append(Outcome(mirror.describe(), mirror.type, err.outcome, _detail(err, mirror)))
+            continue
+        if source.local_path is None and source.session is None:  # a provider's own cookies stay on its own path
+            joined.append((mirror, source))
+    if len(joined) < 2:
+        return None
+    account: list = []
+    try:
+        got = transfer(joined[0][1], _part_for(store, artifact, joined[0][0]), expected_size=artifact.size,
+                       expected_sha256=artifact.sha256, session=session, policy=policy, label=joined[0][1].label,
+                       progress=store.progress, also=[source for _, source in joined[1:]], account=account)
+    except MirrorFailed as err:
+        log.warning(f"{artifact.name} from all mirrors at once: {err}; trying them one at a time")
+        return None
+    path = store.cache.store(artifact, got, pin=pin)
+    for (mirror, _), (_, moved, seconds, failure) in zip(joined, account):
+        speed = round(moved / seconds / 1e6, 2) if seconds else None
+        if failure is not None:
+            status, detail = getattr(failure, "outcome", "inconsistent"), _detail(failure, mirror)
+        else:
+            status, detail = ("ok", f"served {moved} bytes") if moved else ("unused", "served no bytes")
+        outcomes.append(Outcome(mirror.describe(), mirror.type, status, detail, moved or None, speed))
+    return Fetched(path, got.size, got.sha256, got.md5, got.origin, name=artifact.name, outcomes=outcomes,
+                   pinned=True, pin=pin)
+
+
 def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: requests.Session,
          policy: Optional[RetryPolicy] = None) -> Fetched:
     """Resolve, agree, transfer, judge, store: one mirror's whole attempt (raises ``MirrorFailed``)."""
     source = resolve(mirror, session)
     expected_sha256, pin = _preflight(artifact, source)
     want_md5 = expected_sha256 is None and source.md5 is not None
+    began = time.monotonic()
     got = transfer(
-        source, store.cache.part_path(artifact, mirror),
+        source, _part_for(store, artifact, mirror),
         expected_size=source.size if artifact.size is None else artifact.size,
         expected_sha256=expected_sha256, session=source.session or session, policy=policy, label=source.label,
         want_md5=want_md5, progress=store.progress,
@@ -316,7 +404,8 @@ def _via(store: "Store", mirror: MirrorBase, artifact: Artifact, session: reques
     path = store.cache.store(artifact, got, pin=pin, source_mode=_mode_of(source.local_path))
     if pin == TOFU:
         log.warning(f"{artifact.name} has no published sha256: recorded {got.sha256} as {TOFU}")
-    outcome = Outcome(mirror.describe(), mirror.type, "ok", pin)
+    seconds = time.monotonic() - began
+    outcome = Outcome(mirror.describe(), mirror.type, "ok", pin, mb_per_s=round(got.size / seconds / 1e6, 2))
     return Fetched(path, got.size, got.sha256, got.md5, source.label, name=artifact.name, outcomes=[outcome],
                    pinned=artifact.sha256 is not None, pin=pin)
 
@@ -327,6 +416,22 @@ def _mode_of(path: Optional[Path]) -> Optional[int]:
         return None if path is None else stat.S_IMODE(path.stat().st_mode)
     except OSError:
         return None
+
+
+def _part_for(store: "Store", artifact: Artifact, mirror: MirrorBase) -> Path:
+    """This mirror's part file; for a pinned artifact, the partial bytes another mirror left move there first
+    (the sha256 decides, whoever served them), so a resume may switch mirrors. The caller holds the lock."""
+    part = store.cache.part_path(artifact, mirror)
+    if artifact.sha256 is None or part.exists():
+        return part
+    for other in artifact.mirrors:
+        left = store.cache.part_path(artifact, other)
+        record = left.with_name(left.name + ".json")
+        if left != part and left.is_file() and not left.is_symlink() and record.is_file():
+            os.replace(left, part)  # a crash between the two leaves a part without a record: never trusted
+            os.replace(record, part.with_name(part.name + ".json"))
+            break
+    return part
 
 
 def _detail(err: MirrorFailed, mirror: MirrorBase) -> str:

@@ -72,15 +72,18 @@ class Store:
     # -- bytes in ------------------------------------------------------------------------------------
 
     def fetch(self, name: Optional[str] = None, *, mirror_type: Optional[str] = None, dest: str | Path | None = None,
-              force: bool = False, policy: Optional[RetryPolicy] = None) -> Fetched:
+              force: bool = False, policy: Optional[RetryPolicy] = None, mirror_order: Optional[str] = None) -> Fetched:
         """Artifact ``name`` (the manifest's default when None) as a verified local file.
 
         The cache first (unless ``force``), then each mirror in the manifest's order; ``mirror_type``
         tries only mirrors of that type; ``dest`` also places the file at ``dest/<filename>``; ``policy``
         sets each transfer's timeouts and retries. Concurrent calls for one artifact, from threads or
-        processes, transfer it once. Raises ``MirrorsExhausted`` (with ``.outcomes``) when no mirror delivers.
+        processes, transfer it once. ``mirror_order="fastest"`` (or the artifact's ``mirror_order`` key) probes
+        the mirrors and starts with the quickest. Raises ``MirrorsExhausted`` (with ``.outcomes``) when no
+        mirror delivers.
         """
-        return fetching.fetch(self, name, mirror_type=mirror_type, dest=dest, policy=policy, force=force)
+        return fetching.fetch(self, name, mirror_type=mirror_type, dest=dest, policy=policy, force=force,
+                              mirror_order=mirror_order)
 
     def fetch_all(self, names: Sequence[str], **options: Any) -> list[Fetched | MirrorsExhausted]:
         """:meth:`fetch` each of ``names`` (every name checked before anything moves); a failed one is
