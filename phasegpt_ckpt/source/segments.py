@@ -426,6 +426,10 @@ class Server:
         self.source, self.label, self.validators = source, source.label, validators
         self.served = Ranges()
         self.failure: Optional[BaseException] = None
+        # One connection asks first; the others wait until its answer proves the mirror serves ranges of one
+        # object (like aria2). A server that ignores ranges then costs one full answer, not one per connection.
+        self.ready = threading.Event()
+        self.opening = threading.Lock()
 
 
 class Download:
@@ -590,7 +594,10 @@ class Download:
         ``policy.attempts`` in a row that brought no bytes, or when slower than the floor (its piece
         goes to the other connections)."""
         failures, pace = 0, Pace(self.policy, server.label, self.deadline)
-        while server.failure is None and (segment := self.plan.take()) is not None:
+        while server.failure is None and (opener := self._turn(server)) is not None:
+            segment = self.plan.take()
+            if segment is None:
+                return self._end_turn(server, opener)
             start = segment.at
             try:
                 self._fetch(segment, pace, server)
@@ -603,6 +610,7 @@ class Download:
                                                                   f"{segment.at} ({type(err).__name__})"))
             finally:
                 self.plan.release(segment)
+                self._end_turn(server, opener)
             if self.plan.stopped:
                 return
             self.plan.problem = problem
@@ -614,6 +622,23 @@ class Download:
             with self.plan.lock:
                 self.plan.lock.wait_for(lambda: self.plan.stopped, timeout=wait)
             pace.restart()
+
+    def _turn(self, server: Server) -> Optional[bool]:
+        """Wait until this connection may ask ``server``: True when it asks first (holding ``opening``),
+        False once the mirror has proved itself, None when the download stopped meanwhile."""
+        while not server.ready.is_set():
+            if self.plan.stopped or server.failure is not None:
+                return None
+            if server.opening.acquire(timeout=0.05):
+                if not server.ready.is_set():
+                    return True
+                server.opening.release()
+        return False
+
+    @staticmethod
+    def _end_turn(server: Server, opener: bool) -> None:
+        if opener:
+            server.opening.release()
 
     def _fetch(self, segment: Segment, pace: Pace, server: Server) -> None:
         first, last = segment.at, segment.end - 1
@@ -660,6 +685,7 @@ class Download:
             raise Unsegmentable(f"{label}: asked for bytes {first}-{last} of {self.total}, got Content-Range "
                                 f"{response.headers.get('Content-Range')!r}")
         self._agree(response, server)
+        server.ready.set()
 
     def _agree(self, response: requests.Response, server: Server) -> None:
         """Every answer of a mirror names the same object: its first one's strong ETag, else its Last-Modified."""
