@@ -50,7 +50,8 @@ CONNECTIONS_ENV = "PHASEGPT_CONNECTIONS"
 SINGLE_BELOW = 8 * 2**20  # smaller files: one connection (start-up and round trips outweigh the gain)
 PER_CONNECTION = 4 * 2**20  # then one connection per 4 MiB ...
 MAX_PER_HOST = 16  # ... and never more than 16 on one host (aria2's cap too)
-CHECKPOINT_SECONDS = 0.1  # how often the part is fsynced and the control record rewritten (what a kill -9 loses)
+CHECKPOINT_SECONDS = 0.1  # how often the control record is rewritten (what a kill -9 loses)
+SYNC_SECONDS = 1.0  # how often the part is fdatasynced first (what a power cut loses)
 NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                   requests.exceptions.Timeout, urllib3.exceptions.HTTPError, OSError)
 
@@ -231,12 +232,24 @@ def preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
+def boot_id() -> Optional[str]:
+    """This boot of the machine (Linux), None where unknown: the page cache, and so every byte written
+    but not yet synced, outlives a killed process, not a reboot."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+    except OSError:
+        return None
+
+
 def recorded(meta: dict, total: int, length: int) -> Ranges:
-    """The byte ranges a control record vouches for; a one-stream record vouches for the file's length
-    (written in order: after kill -9 the file, not the sidecar, knows it). Nonsense vouches for nothing."""
-    spans = meta.get("ranges")
-    if spans is None:
+    """The byte ranges a control record vouches for: those written, when the machine has not restarted
+    since (a killed process loses nothing it wrote), else those synced. A one-stream record vouches for
+    the file's length (written in order: after kill -9 the file, not the sidecar, knows it). Nonsense
+    vouches for nothing."""
+    if meta.get("ranges") is None:
         return Ranges([(0, min(length, total))])
+    same_boot = meta.get("boot_id") is not None and meta.get("boot_id") == boot_id()
+    spans = meta.get("written") if same_boot else meta.get("ranges")
     valid = isinstance(spans, list) and all(
         isinstance(span, list) and len(span) == 2 and all(type(n) is int for n in span)
         and 0 <= span[0] < span[1] <= min(total, length) for span in spans)
@@ -450,6 +463,7 @@ class Download:
         self.limit = RateLimit(policy.limit_rate)
         self.deadline = time.monotonic() + policy.budget
         self.seconds = 0.0
+        self.synced, self.synced_at = [list(span) for span in done.spans], time.monotonic()
 
     # -- the main thread -------------------------------------------------------------------------
     def run(self, hasher: Hasher, progress: Callable[[int, Optional[int]], None]) -> None:
@@ -498,20 +512,24 @@ class Download:
                 return  # connections still backing off (a dead mirror's) have nothing left to do
             now = time.monotonic()
             if now >= checkpoint_at:
-                self.checkpoint()
+                self.checkpoint(sync=now >= self.synced_at + SYNC_SECONDS)
                 checkpoint_at = now + CHECKPOINT_SECONDS
             if now > self.deadline:
                 self.plan.stop(MirrorFailed("timeout", f"{self.label}: gave up after {self.policy.budget:g} s, "
                                                        "the time one mirror is given"))
 
-    def checkpoint(self) -> None:
-        """fdatasync the part, then record the ranges written before it: the record never runs ahead."""
+    def checkpoint(self, sync: bool = True) -> None:
+        """Record the ranges written so far (``written``, with this boot's id) and, when ``sync``, fdatasync
+        the part first and record them as ``ranges`` too: neither list ever runs ahead of what it claims."""
         with self.plan.lock:
             spans, meta = [list(span) for span in self.plan.written.spans], dict(self.meta)
         with contextlib.suppress(OSError):  # a full disk may refuse even this; the next run re-fetches
-            _datasync(self.plan.fd)
-            prefix = spans[0][1] if spans and spans[0][0] == 0 else 0
-            write_text(json.dumps({**meta, "ranges": spans, "bytes": prefix}), self.sidecar, as_bad_input=False)
+            if sync:
+                _datasync(self.plan.fd)
+                self.synced, self.synced_at = spans, time.monotonic()
+            prefix = self.synced[0][1] if self.synced and self.synced[0][0] == 0 else 0
+            record = {**meta, "ranges": self.synced, "written": spans, "boot_id": boot_id(), "bytes": prefix}
+            write_text(json.dumps(record), self.sidecar, as_bad_input=False)
 
     def _follow(self, hasher: Hasher) -> None:
         """Hash the part's contiguous prefix as it grows, reading it back from the page cache."""

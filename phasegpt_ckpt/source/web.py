@@ -30,6 +30,8 @@ import logging
 import os
 import random
 import re
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
@@ -38,6 +40,8 @@ from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
@@ -204,6 +208,7 @@ def get(session: requests.Session, url: str, *, label: str, timeout, headers: Op
     """
     check_url_allowed(url)
     home, headers = origin(url), dict(headers or {})
+    bounded(session)
     for _ in range(MAX_REDIRECTS + 1):
         response = session.get(url, headers=headers, params=params, stream=stream, allow_redirects=False,
                                timeout=timeout, hooks={"response": [_hold_location]})
@@ -391,7 +396,64 @@ def reroute(session: requests.Session, endpoint: str, *prefixes: str) -> None:
         session.mount(prefix, adapter)
 
 
-class _Rerouted(HTTPAdapter):
+class _HeadersInTime:
+    """A connection whose whole response head must arrive within the read timeout (urllib3 sets
+    ``timeout`` to it just before ``getresponse``). The timeout alone bounds each ``recv``, so a server
+    sending one header byte every few seconds would hold the request for ever; past the deadline the
+    socket is shut and the request fails as a read timeout (retried, then that mirror's failure)."""
+
+    def getresponse(self, *args, **kwargs):
+        limit = self.timeout if isinstance(self.timeout, (int, float)) else None
+        if limit is None:
+            return super().getresponse(*args, **kwargs)
+        expired = threading.Event()
+        timer = threading.Timer(limit, self._cut, args=(expired,))
+        timer.daemon = True
+        timer.start()
+        try:
+            response = super().getresponse(*args, **kwargs)
+        except Exception:
+            if expired.is_set():  # urllib3 reports a socket timeout as requests' ReadTimeout
+                raise TimeoutError(f"no complete response head within {limit:g} s") from None
+            raise
+        finally:
+            timer.cancel()
+        if expired.is_set():  # cut mid-head, http.client may still hand over what it parsed
+            response.close()
+            raise TimeoutError(f"no complete response head within {limit:g} s")
+        return response
+
+    def _cut(self, expired: threading.Event) -> None:
+        expired.set()
+        with contextlib.suppress(OSError, AttributeError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+
+
+class _HTTPPool(HTTPConnectionPool):
+    ConnectionCls = type("HTTPConnection", (_HeadersInTime, HTTPConnection), {})
+
+
+class _HTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = type("HTTPSConnection", (_HeadersInTime, HTTPSConnection), {})
+
+
+class BoundedAdapter(HTTPAdapter):
+    """requests' adapter with :class:`_HeadersInTime` connections; :func:`get` mounts it on every session."""
+
+    def init_poolmanager(self, *args, **kwargs) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+
+
+def bounded(session: requests.Session) -> requests.Session:
+    """``session`` with :class:`BoundedAdapter` for plain http and https (more specific mounts stay)."""
+    for prefix in ("http://", "https://"):
+        if not isinstance(session.adapters.get(prefix), BoundedAdapter):
+            session.mount(prefix, BoundedAdapter())
+    return session
+
+
+class _Rerouted(BoundedAdapter):
     """A transport adapter that keeps path and query but swaps scheme, host and port."""
 
     def __init__(self, endpoint: str):

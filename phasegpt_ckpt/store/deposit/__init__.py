@@ -216,7 +216,7 @@ class Api:
     def __init__(self, token: str, may_carry: Callable[[str], bool], what: str,
                  policy: web.RetryPolicy = DEPOSIT_RETRY):
         self.token, self.may_carry, self.what, self.policy = token, may_carry, what, policy
-        self.session = requests.Session()
+        self.session = web.bounded(requests.Session())
 
     def call(self, method: str, url: str, *, ok: tuple[int, ...] = (200,), retry: bool = True,
              body: Optional[Callable[[], Any]] = None, size: Optional[int] = None, **kwargs: Any) -> requests.Response:
