@@ -2,12 +2,15 @@
 for ever: every recv gets a byte before the read timeout, so only a deadline on the whole head ends it."""
 from __future__ import annotations
 
+import hashlib
+import json
 import socket
 import threading
 import time
 
 import pytest
 import requests
+import yaml
 
 from phasegpt_ckpt.errors import MirrorFailed
 from phasegpt_ckpt.source import web
@@ -72,3 +75,22 @@ def test_a_download_whose_head_trickles_is_a_timeout_within_the_read_timeout_per
 def test_an_api_call_whose_head_trickles_raises_a_read_timeout(trickler):
     with requests.Session() as session, pytest.raises(requests.exceptions.ReadTimeout):
         web.get(session, trickler.url, label="api", timeout=(1.0, 0.5))
+
+
+def closed_port() -> int:
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        return listener.getsockname()[1]
+
+
+def test_a_mirror_no_connection_reaches_is_tried_twice_not_five_times(tmp_path, run_cli):
+    """A dead mirror (connection refused) cost five attempts with backoff: a long mirror list took minutes."""
+    data = b"x" * 1000
+    mirrors = [{"type": "url", "url": f"http://127.0.0.1:{closed_port()}/f.bin"} for _ in range(3)]
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(yaml.safe_dump({"version": 1, "artifacts": {"f": {
+        "kind": "dataset", "filename": "f.bin", "size": len(data), "sha256": hashlib.sha256(data).hexdigest(),
+        "mirrors": mirrors}}}))
+    code, out, err = run_cli("--manifest", manifest, "fetch", "f", "--json")
+    assert code == 3
+    details = [outcome["detail"] for outcome in json.loads(out)[0]["outcomes"]]
+    assert len(details) == 3 and all(detail.endswith("(gave up after 2 attempts)") for detail in details), details

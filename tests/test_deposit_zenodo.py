@@ -86,10 +86,16 @@ def test_draft_then_publish_then_new_version(tmp_path, zenodo, checkpoint_bytes,
     assert fetch_alone(manifest, tmp_path / "c2").path.read_bytes() == checkpoint_bytes[1]
 
 
-def test_missing_token_is_one_line_before_any_request(tmp_path, zenodo_emulator, checkpoint_bytes, run_cli):
+@pytest.mark.parametrize("token, words", [(None, "set ZENODO_TOKEN"),
+                                          ("t\u00f6k\u00ebn\u2713", "ZENODO_TOKEN holds a character an HTTP header")],
+                         ids=["missing", "not-latin-1"])
+def test_a_missing_or_unsendable_token_is_one_line_before_any_request(tmp_path, zenodo_emulator, checkpoint_bytes,
+                                                                      run_cli, monkeypatch, token, words):
+    if token is not None:
+        monkeypatch.setenv("ZENODO_TOKEN", token)
     path = place(tmp_path, checkpoint_bytes[0])
     code, out, err = publish_cli(run_cli, zenodo_emulator, tmp_path / "m.yaml", path)
-    assert code == 2 and "ZENODO_TOKEN" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and words in err and len(err.strip().splitlines()) == 1
     assert zenodo_emulator.log == [] and not (tmp_path / "m.yaml").exists()
 
 

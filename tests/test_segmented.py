@@ -362,7 +362,9 @@ def test_mirrors_on_one_host_share_its_connection_cap(data, tmp_path):
         # the most requests one mirror saw within 0.3 s: one per connection open to it at once
         opened = [max(sum(0 <= other.at - request.at < 0.3 for other in server.requests_to(PATH))
                       for request in server.requests_to(PATH)) for server in (first, second)]
-        assert opened == [8, 8]  # 16 to the host, not 16 to each mirror
+        # 16 to the host, not 16 to each mirror: never more than 8 at once to either (the first answers
+        # arrive 0.4 s after the first requests, so how many start together varies by one or two)
+        assert max(opened) <= 8 and sum(opened) >= 12, opened
 
 
 def test_a_failing_mirror_loses_its_segments_to_the_other(data, tmp_path):

@@ -343,6 +343,7 @@ class Plan:
     def __init__(self, fd: int, total: int, done: Ranges, connections: int, min_segment: int):
         self.fd, self.total, self.written, self.min_segment = fd, total, done, min_segment
         self.lock = threading.Condition()
+        self.returned = threading.Condition(self.lock)  # a piece came back, the last one ended, or a stop
         gaps = done.missing(total)
         piece = max(min_segment, -(-sum(end - start for start, end in gaps) // connections))
         self.pending = [(at, min(at + piece, end)) for start, end in gaps for at in range(start, end, piece)]
@@ -351,19 +352,26 @@ class Plan:
         self.error: Optional[BaseException] = None  # what stopped the download, if anything did
         self.problem: Optional[Retry] = None  # the last retried failure, for the message if all give up
 
-    def take(self) -> Optional[Segment]:
-        """The next piece for an idle connection: a pending one, else the back half of the biggest in flight."""
+    def take(self, server: "Server") -> Optional[Segment]:
+        """The next piece for an idle connection to ``server``: a pending one, else the back half of the
+        biggest in flight. While pieces too small to split are in flight, wait: one may come back (its
+        connection failed) and must find a connection left to fetch it. None when all is done, the
+        download stopped, or ``server`` was dropped."""
         with self.lock:
-            if self.stopped:
-                return None
-            if self.pending:
-                segment = Segment(*self.pending.pop(0))
-            else:
+            while not self.stopped and server.failure is None:
+                if self.pending:
+                    segment = Segment(*self.pending.pop(0))
+                    break
                 victim = max(self.active, key=lambda s: s.left, default=None)
-                if victim is None or victim.left < 2 * self.min_segment:
+                if victim is None:
                     return None
-                middle = victim.at + victim.left // 2
-                segment, victim.end = Segment(middle, victim.end), middle
+                if victim.left >= 2 * self.min_segment:
+                    middle = victim.at + victim.left // 2
+                    segment, victim.end = Segment(middle, victim.end), middle
+                    break
+                self.returned.wait(0.5)
+            else:
+                return None
             self.active.append(segment)
             return segment
 
@@ -389,6 +397,7 @@ class Plan:
             segment.response = None
             if segment.left > 0:
                 bisect.insort(self.pending, (segment.at, segment.end))
+            self.returned.notify_all()
 
     def reading(self, segment: Segment, response: Optional[requests.Response]) -> None:
         with self.lock:
@@ -405,6 +414,7 @@ class Plan:
                 if segment.response is not None:
                     _shut(segment.response)
             self.lock.notify_all()
+            self.returned.notify_all()
 
     def snapshot(self) -> list[list[int]]:
         with self.lock:
@@ -439,6 +449,7 @@ class Server:
         self.source, self.label, self.validators = source, source.label, validators
         self.served = Ranges()
         self.failure: Optional[BaseException] = None
+        self.reached = False  # any HTTP answer yet: until then a refused connection is not worth many retries
         # One connection asks first; the others wait until its answer proves the mirror serves ranges of one
         # object (like aria2). A server that ignores ranges then costs one full answer, not one per connection.
         self.ready = threading.Event()
@@ -575,22 +586,33 @@ class Download:
         """(offset, our bytes, the witness's bytes) for each 1 MiB block of ``suspect``'s ranges that differ."""
         differing = []
         timeout = (self.policy.connect_timeout, self.policy.read_timeout)
-        for first, end in suspect.served.spans:
-            headers = {**witness.source.headers, "Accept-Encoding": "identity", "Range": f"bytes={first}-{end - 1}"}
-            with web.get(self.session, witness.source.url, headers=headers, label=witness.label, stream=True,
-                         timeout=timeout) as response:
-                if response.status_code != 206 or content_range(response.headers.get("Content-Range", ""))[0] != first:
-                    raise MirrorFailed("hash mismatch", f"{witness.label}: could not serve bytes {first}-{end - 1} "
-                                                        "to find the mirror that sent bad bytes")
-                offset = first
-                while offset < end:
-                    theirs = response.raw.read(min(CHUNK, end - offset))
-                    if not theirs:
-                        break
-                    ours = os.pread(self.plan.fd, len(theirs), offset)
-                    if ours != theirs:
-                        differing.append((offset, ours, theirs))
-                    offset += len(theirs)
+        try:
+            for first, end in suspect.served.spans:
+                differing += self._differing(suspect, witness, first, end, timeout)
+        except NETWORK_ERRORS as err:
+            raise MirrorFailed("hash mismatch", f"{witness.label}: the connection failed ({type(err).__name__}) while "
+                                                "asking for bytes to find the mirror that sent bad ones") from None
+        return differing
+
+    def _differing(self, suspect: Server, witness: Server, first: int, end: int,
+                   timeout) -> list[tuple[int, bytes, bytes]]:
+        """Bytes ``first``..``end`` asked of ``witness``, compared block by block with those ``suspect`` wrote."""
+        headers = {**witness.source.headers, "Accept-Encoding": "identity", "Range": f"bytes={first}-{end - 1}"}
+        differing = []
+        with web.get(self.session, witness.source.url, headers=headers, label=witness.label, stream=True,
+                     timeout=timeout) as response:
+            if response.status_code != 206 or content_range(response.headers.get("Content-Range", ""))[0] != first:
+                raise MirrorFailed("hash mismatch", f"{witness.label}: could not serve bytes {first}-{end - 1} "
+                                                    "to find the mirror that sent bad bytes")
+            offset = first
+            while offset < end:
+                theirs = response.raw.read(min(CHUNK, end - offset))
+                if not theirs:
+                    break
+                ours = os.pread(self.plan.fd, len(theirs), offset)
+                if ours != theirs:
+                    differing.append((offset, ours, theirs))
+                offset += len(theirs)
         return differing
 
     # -- one connection --------------------------------------------------------------------------
@@ -613,7 +635,7 @@ class Download:
         goes to the other connections)."""
         failures, pace = 0, Pace(self.policy, server.label, self.deadline)
         while server.failure is None and (opener := self._turn(server)) is not None:
-            segment = self.plan.take()
+            segment = self.plan.take(server)
             if segment is None:
                 return self._end_turn(server, opener)
             start = segment.at
@@ -626,6 +648,11 @@ class Download:
             except NETWORK_ERRORS as err:
                 problem = judged(pace, Retry("connection error", f"{server.label}: a connection failed at byte "
                                                                   f"{segment.at} ({type(err).__name__})"))
+                server.reached = server.reached or not web.unreachable(err)
+            except (MirrorFailed, Unsegmentable) as err:
+                if len(self.servers) > 1:  # dropped before its turn passes on: no other connection asks it
+                    server.failure = server.failure or err
+                raise
             finally:
                 self.plan.release(segment)
                 self._end_turn(server, opener)
@@ -633,7 +660,8 @@ class Download:
                 return
             self.plan.problem = problem
             failures = 1 if segment.at > start else failures + 1
-            if failures >= self.policy.attempts or problem.outcome == "too slow":
+            allowed = self.policy.attempts if server.reached else self.policy.unreachable_attempts
+            if failures >= allowed or problem.outcome == "too slow":
                 return log.info(f"{problem}; this connection gives up")
             wait = self.policy.wait(failures, problem.retry_after)
             log.info(f"{problem}; this connection retries in {wait:.1f}s")
@@ -687,6 +715,7 @@ class Download:
     def _judge(self, response: requests.Response, first: int, last: int, server: Server) -> None:
         """A usable answer is a 206 for exactly the bytes asked, of the same object as every other answer."""
         label, status = server.label, response.status_code
+        server.reached = True
         if status in (408, 429) or status >= 500:
             raise Retry(f"http {status}", f"{label}: HTTP {status} {response.reason}",
                         web.retry_after(response.headers.get("Retry-After")))

@@ -205,7 +205,7 @@ def _check(part: "_Part", expected_size: Optional[int], expected_sha256: Optiona
 def _download(source: Source, part: "_Part", expected_size: Optional[int], session: requests.Session,
               policy: RetryPolicy, label: str, progress: Callable[[int, Optional[int]], None]) -> None:
     """Grow ``part`` until the server says it is complete; retry what is worth retrying."""
-    failures, longest = 0, part.size
+    failures, longest, reached = 0, part.size, False
     pace, limit = Pace(policy, label, time.monotonic() + policy.budget), RateLimit(policy.limit_rate)
     while True:
         try:
@@ -213,22 +213,24 @@ def _download(source: Source, part: "_Part", expected_size: Optional[int], sessi
                 _attempt(source, part, expected_size, session, policy, label, progress, pace, limit)
             return
         except Retry as retry:
-            outcome, message, retry_after = retry.outcome, str(retry), retry.retry_after
+            outcome, message, retry_after, reached = retry.outcome, str(retry), retry.retry_after, True
         except requests.exceptions.SSLError as err:
             raise MirrorFailed("tls error", f"{label}: TLS failed ({err})") from None
-        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError):
+        except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError) as err:
             outcome, message, retry_after = "timeout", f"{label}: timed out at byte {part.size}", None
+            reached = reached or not web.unreachable(err)
         except (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                 urllib3.exceptions.HTTPError) as err:
             outcome, retry_after = "connection error", None
             message = f"{label}: connection failed at byte {part.size} ({type(err).__name__})"
+            reached = reached or not web.unreachable(err)
         slow = judged(pace, Retry(outcome, message))  # a trickle between failures is too slow too
         if slow.outcome == "too slow":
             raise MirrorFailed(slow.outcome, str(slow))
         if part.size > longest:
             longest, failures = part.size, 0
         failures += 1
-        if failures >= policy.attempts:
+        if failures >= (policy.attempts if reached else policy.unreachable_attempts):
             raise MirrorFailed(outcome, f"{message} (gave up after {failures} attempts)")
         wait = policy.wait(failures, retry_after)
         if time.monotonic() + wait > pace.deadline:

@@ -42,7 +42,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import LocationParseError
+from urllib3.exceptions import LocationParseError, NewConnectionError
 from urllib3.util import parse_url
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
@@ -297,6 +297,7 @@ class RetryPolicy:
     """
 
     attempts: int = 5
+    unreachable_attempts: int = 2  # a mirror no connection reached yet (refused, no such host): not worth 5
     backoff: float = 1.0
     max_backoff: float = 30.0
     max_retry_after: float = 120.0
@@ -320,6 +321,14 @@ class RetryPolicy:
         return min(self.max_backoff, self.backoff * 2 ** (failures - 1)) * random.uniform(0.5, 1.0)
 
 
+def unreachable(err: BaseException) -> bool:
+    """Did ``err`` (requests') come before any connection was made: refused, no such host, connect timeout?"""
+    if isinstance(err, requests.exceptions.ConnectTimeout):
+        return True
+    reason = getattr(err.args[0], "reason", None) if err.args else None
+    return isinstance(reason, NewConnectionError)
+
+
 def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str) -> Optional[str]:
     """``token`` when ``endpoint`` is one of the provider's ``services`` or trusted by the user, else None.
 
@@ -330,9 +339,7 @@ def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str
     """
     if not token:
         return None
-    if not _header_safe(token):  # http.client would raise UnicodeEncodeError mid-request
-        raise BadInput(f"{name} holds a character an HTTP header cannot carry (outside Latin-1, or a control "
-                       "character): set it to the token exactly as the provider shows it")
+    require_sendable(token, name)
     if on_origin(endpoint, *services) or listed(endpoint):
         return token
     shown = scrub(endpoint) if _origin_or_none(endpoint) else _shown(endpoint)  # quoted when it may hold anything
@@ -341,8 +348,17 @@ def trusted_token(token: Optional[str], endpoint: str, *services: str, name: str
     return None
 
 
-def _header_safe(value: str) -> bool:
-    return all(" " <= char <= "\xff" and char != "\x7f" for char in value)
+def require_sendable(token: str, name: str) -> str:
+    """``token``, when an HTTP header can carry it; else a one-line ``BadInput`` naming its variable
+    (http.client would raise UnicodeEncodeError mid-request).
+
+    >>> require_sendable("hf_abc", "HF_TOKEN")
+    'hf_abc'
+    """
+    if not all(" " <= char <= "\xff" and char != "\x7f" for char in token):
+        raise BadInput(f"{name} holds a character an HTTP header cannot carry (outside Latin-1, or a control "
+                       "character): set it to the token exactly as the provider shows it")
+    return token
 
 
 def on_origin(url: Optional[str], *trusted: Optional[str]) -> bool:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 import requests
+import urllib3
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed, MirrorsExhausted, PhasegptError, VerificationFailed
 from phasegpt_ckpt.paths import user_path
@@ -337,9 +338,11 @@ def _probe(mirror: MirrorBase, policy: RetryPolicy) -> float:
                          timeout=(policy.connect_timeout, policy.read_timeout)) as response:
                 if response.status_code not in (200, 206):
                     return float("inf")
-                response.raw.read(PROBE_BYTES)
+                got = len(response.raw.read(PROBE_BYTES))
+                if got < PROBE_BYTES and str(got) != response.headers.get("Content-Length"):
+                    return float("inf")  # cut short: quick, and broken
             return time.monotonic() - began
-    except (PhasegptError, requests.RequestException, OSError):
+    except (PhasegptError, requests.RequestException, urllib3.exceptions.HTTPError, OSError):
         return float("inf")
 
 

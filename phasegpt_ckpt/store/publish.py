@@ -338,10 +338,12 @@ def upload_to_hub(mirror: HfMirror, files: dict[str, Union[Path, bytes]]) -> str
     The repository is created when it does not exist and the token may create it. The token is
     ``HF_TOKEN`` or the saved login (never printed); the endpoint is ``mirror.base_url()``.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, HfApi, get_token
     from huggingface_hub.errors import RepositoryNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
+    if get_token():
+        web.require_sendable(get_token(), "HF_TOKEN (or the saved Hub login)")
     api = HfApi(endpoint=mirror.base_url())
     quiet = not are_progress_bars_disabled()  # the library prints nothing, huggingface_hub's bars included
     if quiet:

@@ -169,6 +169,7 @@ def required_token(env: str, base: str, services: tuple[str, ...]) -> str:
     token = os.environ.get(env)
     if not token:
         raise BadInput(f"publishing to {base} needs a token: set {env}")
+    web.require_sendable(token, env)
     if not (web.on_origin(base, *services) or web.listed(base)):
         raise BadInput(f"not sending {env} to {web.scrub(base)}: add it to ${web.TRUSTED_ENDPOINTS} if that server is yours")
     return token

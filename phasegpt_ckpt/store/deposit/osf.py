@@ -40,6 +40,9 @@ class OsfDeposit(Deposit):
         if not NODE.fullmatch(node):
             raise BadInput(f"--to osf:{where}: write osf:NODE or osf:NODE/folder (NODE: the project's id, as abcde)")
         self.node, self.folders, self.limit = node, [f for f in folder.split("/") if f], limit
+        if any(f in (".", "..") or "\\" in f for f in self.folders):  # OSF would make folders named ".."
+            raise BadInput(f"--to osf:{where}: a folder cannot be . or .. or hold a backslash; name it from the "
+                           "project's root, as osf:NODE/checkpoints/tiny")
         super().__init__(endpoint, (OSF_API,))
         self.api = Api(self.token, lambda url: _token_may_go_to(url, self.base), "OSF", policy)
 
