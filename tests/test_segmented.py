@@ -332,22 +332,26 @@ def test_fetch_finishes_a_pinned_part_from_the_next_mirror_asking_only_for_the_r
 # -- several mirrors at once -----------------------------------------------------------------------
 
 
-def fetch_from_both(first, second, data, tmp_path, policy=SEGMENTED):
+def fetch_from_both(first, second, data, tmp_path, policy=SEGMENTED, progress=None):
     from phasegpt_ckpt import Store
     from phasegpt_ckpt.source.manifest import Manifest
 
     manifest = Manifest.model_validate({"version": 1, "artifacts": {"blob": {
         "kind": "dataset", "filename": "blob.bin", "size": SIZE, "sha256": hashlib.sha256(data).hexdigest(),
         "mirrors": [{"type": "url", "url": server.url(PATH)} for server in (first, second)]}}})
-    return Store(manifest, tmp_path / "cache").fetch("blob", policy=policy)
+    return Store(manifest, tmp_path / "cache", progress=progress).fetch("blob", policy=policy)
 
 
 def test_a_pinned_file_comes_from_every_mirror_at_once(data, tmp_path):
     with FileServer() as first, FileServer() as second:
         for server in (first, second):
             server.add_file(PATH, data)
-        fetched = fetch_from_both(first, second, data, tmp_path)
+            server.set_faults(PATH, Faults(bytes_per_second=1_000_000))  # long enough for the bar to be drawn
+        details = []
+        fetched = fetch_from_both(first, second, data, tmp_path,
+                                  progress=lambda task, done, total, unit="B", detail="": details.append(detail))
         assert Path(fetched.path).read_bytes() == data
+        assert any(re.fullmatch(r"[1-8] connections?, 2 mirrors", d) for d in details), details  # beside the speed
         assert all(spans(server.requests_to(PATH)) for server in (first, second))
         assert [o.status for o in fetched.outcomes] == ["ok", "ok"]
         assert sum(o.bytes_moved for o in fetched.outcomes) == SIZE and all(o.mb_per_s > 0 for o in fetched.outcomes)

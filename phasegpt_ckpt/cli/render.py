@@ -160,7 +160,7 @@ class Bars:
 
         if unit == "B":
             columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                       TimeRemainingColumn())
+                       TimeRemainingColumn(), TextColumn("{task.fields[detail]}"))
         else:
             columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), TimeRemainingColumn())

@@ -477,7 +477,7 @@ class Download:
         self.synced, self.synced_at = [list(span) for span in done.spans], time.monotonic()
 
     # -- the main thread -------------------------------------------------------------------------
-    def run(self, hasher: Hasher, progress: Callable[[int, Optional[int]], None]) -> None:
+    def run(self, hasher: Hasher, progress: Callable[..., None]) -> None:
         """Fetch every missing byte and hash the whole part; raises what stopped it."""
         threads = [threading.Thread(target=self._connection, args=(server,), daemon=True)
                    for server in self.servers for _ in range(self._connections_to(server))]
@@ -514,11 +514,11 @@ class Download:
         sharing = sum(web.origin(other.source.url).host == host for other in self.servers)
         return max(1, min(self.connections, MAX_PER_HOST // sharing))
 
-    def _watch(self, threads: list[threading.Thread], progress: Callable[[int, Optional[int]], None]) -> None:
+    def _watch(self, threads: list[threading.Thread], progress: Callable[..., None]) -> None:
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         while alive := [thread for thread in threads if thread.is_alive()]:
             alive[0].join(0.1)
-            progress(self.plan.written.covered(), self.total)
+            progress(self.plan.written.covered(), self.total, detail=self._in_use())
             if self.plan.written.covered() >= self.total:
                 return  # connections still backing off (a dead mirror's) have nothing left to do
             now = time.monotonic()
@@ -528,6 +528,13 @@ class Download:
             if now > self.deadline:
                 self.plan.stop(MirrorFailed("timeout", f"{self.label}: gave up after {self.policy.budget:g} s, "
                                                        "the time one mirror is given"))
+
+    def _in_use(self) -> str:
+        """The connections fetching now, and from how many mirrors, for the progress bar."""
+        with self.plan.lock:
+            count = len(self.plan.active)
+        mirrors = len(self.servers) - sum(server.failure is not None for server in self.servers)
+        return f"{count} connection{'s' * (count != 1)}" + (f", {mirrors} mirrors" if mirrors > 1 else "")
 
     def checkpoint(self, sync: bool = True) -> None:
         """Record the ranges written so far (``written``, with this boot's id) and, when ``sync``, fdatasync

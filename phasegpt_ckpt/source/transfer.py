@@ -358,9 +358,10 @@ def _read_or_fail(file, label: str) -> bytes:
         raise MirrorFailed("unreadable", f"{label}: {err}") from None
 
 
-def _progress(label: str, progress: Optional[Progress]) -> Callable[[int, Optional[int]], None]:
-    """The caller's progress callback, bound to this transfer's label (bytes done, bytes in all)."""
-    return lambda done, total: report(progress, label, done, total)
+def _progress(label: str, progress: Optional[Progress]) -> Callable[..., None]:
+    """The caller's progress callback, bound to this transfer's label (bytes done, bytes in all, and a
+    ``detail`` such as the connections in use)."""
+    return lambda done, total, detail="": report(progress, label, done, total, detail=detail)
 
 
 # -- the part file -------------------------------------------------------------------------------
