@@ -6,6 +6,7 @@ import json
 
 import pytest
 from deposit_files import error_lines, place, two_checkpoints
+from emulators.zenodo import ZenodoEmulator
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import load_manifest
@@ -263,3 +264,26 @@ def test_the_doi_replaces_the_placeholder_that_announced_it(tmp_path, zenodo, ch
     assert [(m.type, m.published) for m in mirrors] == [("url", False), ("zenodo", True)]
     assert mirrors[1].doi == f"10.5281/zenodo.{record}" and "XXXXXXX" not in manifest.read_text()
     assert "# ours" in manifest.read_text() and "# to come" in manifest.read_text()
+
+
+class ZenodoAnsweringBadly(ZenodoEmulator):
+    """A Zenodo whose answer to a new deposition lacks what the API documents (``links``, or an object)."""
+
+    answer = None
+
+    def create(self, request) -> None:
+        request.send_json(self.answer, 201)
+
+
+@pytest.mark.parametrize("answer", [{"id": 9}, [], {"id": 9, "links": "elsewhere"}],
+                         ids=["no-links", "a-list", "links-a-string"])
+def test_a_deposition_answer_without_what_the_api_documents_is_one_line_exit_3(
+        tmp_path, checkpoint_bytes, run_cli, monkeypatch, answer):
+    monkeypatch.setenv("ZENODO_TOKEN", TOKEN)
+    with ZenodoAnsweringBadly() as zenodo:
+        zenodo.allow(TOKEN)
+        zenodo.answer = answer
+        code, out, err = publish_cli(run_cli, zenodo, tmp_path / "m.yaml", place(tmp_path, checkpoint_bytes[0]))
+    (line,) = error_lines(err)
+    assert code == 3 and "answered without what its API documents" in line and "Traceback" not in err
+    assert not (tmp_path / "m.yaml").exists()

@@ -13,13 +13,14 @@ edited with ruamel.yaml's round trip, validated, and replaced atomically.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import os
 import shutil
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Iterator, Optional, Sequence, Union
 
 import requests
 from pydantic import TypeAdapter, ValidationError
@@ -199,12 +200,14 @@ def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileF
         log.info(f"{path} has {ours.size} bytes, more than {deposit.describe()} takes in one file "
                  f"({deposit.limit}): uploading it in {len(uploads)} parts")
     metadata = deposit_metadata(name, filename, info, ours, previous)
-    promised = deposit.reserve(uploads, metadata)
+    with _documented_answers(deposit):
+        promised = deposit.reserve(uploads, metadata)
     if promised:
         save_info({**info, "doi": promised}, info_file)
     described = Upload(metadata_filename, info_file, hash_file(info_file, want_md5=True), progress=progress)
     try:
-        deposited = deposit.send([*uploads, described], metadata)
+        with _documented_answers(deposit):
+            deposited = deposit.send([*uploads, described], metadata)
     except PhasegptError:
         if promised:
             save_info(info, info_file)  # no DOI that nothing was published under
@@ -219,6 +222,17 @@ def _deposit(deposit: Deposit, name: str, filename: str, path: Path, ours: FileF
         if mirror is not None and mirror.published:  # what fetch will see: the provider's size and hashes, read back
             _checked(mirror, upload.facts)
     return deposited, uploads
+
+
+@contextlib.contextmanager
+def _documented_answers(deposit: Deposit) -> Iterator[None]:
+    """A provider answer missing a field its API documents (a hostile or broken server) is one line, exit 3."""
+    try:
+        yield
+    except (KeyError, IndexError, TypeError, AttributeError) as err:
+        raise MirrorsExhausted(f"{deposit.describe()} answered without what its API documents "
+                               f"({type(err).__name__}: {web.scrub(str(err))[:80]}); nothing more was sent: "
+                               "the same command again resumes any draft left") from None
 
 
 def deposit_metadata(name: str, filename: str, info: dict[str, Any], ours: FileFacts,
