@@ -46,9 +46,7 @@ CHILD = {  # what each child process does after `import torch`, with PATH and CO
              "model = GPT2Model(**checkpoint['config']['model'])\n"
              "model.load_state_dict(checkpoint['model_state_dict'])\n"
              "model.eval()",
-    "ours": "from phasegpt_ckpt import console\n"
-            "from phasegpt_ckpt.models.checkpoint import load_checkpoint\n"
-            "console.quiet = True  # its notes (no vocabulary in the file, coupling mode assumed) are known\n"
+    "ours": "from phasegpt_ckpt.models.checkpoint import load_checkpoint\n"  # the library logs, prints nothing
             "model = load_checkpoint(PATH, data=CORPUS).model",
 }
 FORWARD = "\nwith torch.no_grad(): model(torch.zeros(1, 64, dtype=torch.long))"

@@ -25,12 +25,14 @@ from phasegpt_ckpt.errors import BadInput
 
 
 @contextlib.contextmanager
-def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
+def atomic_path(final: Path, *, as_bad_input: bool = True, durable: bool = True) -> Iterator[Path]:
     """A temporary path beside ``final`` to write; fsynced and renamed onto ``final`` only on success.
 
     A full disk is a one-line ``BadInput`` that says the previous file is untouched, as is a
     directory where no file can be created. ``as_bad_input=False`` leaves both the ``OSError``
     the OS raised, for a caller that handles a full disk itself (the download's sidecar).
+    ``durable=False`` skips the fsyncs: still all or nothing for a killed process, but a power cut
+    may bring back the previous file (for a record rewritten many times a second that says so itself).
     """
     final = Path(final)
     if final.is_dir() and not final.is_symlink():  # os.replace would refuse only after the whole file was written
@@ -45,10 +47,12 @@ def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
     try:
         yield temp
         os.chmod(temp, mode)  # a writer that replaced the file (safetensors writes 0600) gets the intended mode back
-        with open(temp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        if durable:
+            with open(temp, "rb+") as handle:
+                os.fsync(handle.fileno())
         os.replace(temp, final)
-        fsync_directory(final.parent)  # the rename itself must survive a power cut
+        if durable:
+            fsync_directory(final.parent)  # the rename itself must survive a power cut
     except (OSError, RuntimeError) as err:
         if not as_bad_input or not _disk_full(err, final.parent):
             raise
@@ -58,10 +62,10 @@ def atomic_path(final: Path, *, as_bad_input: bool = True) -> Iterator[Path]:
         temp.unlink(missing_ok=True)
 
 
-def write_text(text: str, path: Path, *, as_bad_input: bool = True) -> Path:
+def write_text(text: str, path: Path, *, as_bad_input: bool = True, durable: bool = True) -> Path:
     """Atomically replace a small text file (metadata JSON, metrics.jsonl, a manifest, a sidecar)."""
     path = Path(path)
-    with atomic_path(path, as_bad_input=as_bad_input) as temp:
+    with atomic_path(path, as_bad_input=as_bad_input, durable=durable) as temp:
         temp.write_text(text, encoding="utf-8")
     return path
 

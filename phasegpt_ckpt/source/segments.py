@@ -24,6 +24,7 @@ from __future__ import annotations
 import bisect
 import contextlib
 import errno
+import functools
 import json
 import logging
 import os
@@ -50,8 +51,8 @@ CONNECTIONS_ENV = "PHASEGPT_CONNECTIONS"
 SINGLE_BELOW = 8 * 2**20  # smaller files: one connection (start-up and round trips outweigh the gain)
 PER_CONNECTION = 4 * 2**20  # then one connection per 4 MiB ...
 MAX_PER_HOST = 16  # ... and never more than 16 on one host (aria2's cap too)
-CHECKPOINT_SECONDS = 0.1  # how often the control record is rewritten (what a kill -9 loses)
-SYNC_SECONDS = 1.0  # how often the part is fdatasynced first (what a power cut loses)
+CHECKPOINT_SECONDS = 0.05  # how often the control record is rewritten (what a kill -9 loses)
+SYNC_SECONDS = 1.0  # how often the part is fdatasynced, on a thread of its own (what a power cut loses)
 NETWORK_ERRORS = (requests.exceptions.ConnectionError, requests.exceptions.ChunkedEncodingError,
                   requests.exceptions.Timeout, urllib3.exceptions.HTTPError, OSError)
 
@@ -232,6 +233,7 @@ def preallocate(fd: int, size: int) -> None:
         os.ftruncate(fd, size)
 
 
+@functools.cache  # a process lives within one boot
 def boot_id() -> Optional[str]:
     """This boot of the machine (Linux), None where unknown: the page cache, and so every byte written
     but not yet synced, outlives a killed process, not a reboot."""
@@ -474,7 +476,8 @@ class Download:
         self.limit = RateLimit(policy.limit_rate)
         self.deadline = time.monotonic() + policy.budget
         self.seconds = 0.0
-        self.synced, self.synced_at = [list(span) for span in done.spans], time.monotonic()
+        self.synced = [list(span) for span in done.spans]  # ranges on disk for sure: a reboot keeps them
+        self.finished = threading.Event()
 
     # -- the main thread -------------------------------------------------------------------------
     def run(self, hasher: Hasher, progress: Callable[..., None]) -> None:
@@ -482,8 +485,9 @@ class Download:
         threads = [threading.Thread(target=self._connection, args=(server,), daemon=True)
                    for server in self.servers for _ in range(self._connections_to(server))]
         follower = threading.Thread(target=self._follow, args=(hasher,), daemon=True)
+        syncer = threading.Thread(target=self._sync_now_and_then, daemon=True)
         began = time.monotonic()
-        for thread in [follower, *threads]:
+        for thread in [follower, syncer, *threads]:
             thread.start()
         try:
             self._watch(threads, progress)
@@ -492,9 +496,10 @@ class Download:
             raise
         finally:
             self.plan.stop()
-            for thread in threads:
+            self.finished.set()
+            for thread in [syncer, *threads]:
                 thread.join()
-            self.checkpoint()
+            self.checkpoint(final=True)
             self.seconds = time.monotonic() - began
         follower.join()
         progress(self.plan.written.covered(), self.total)
@@ -517,13 +522,13 @@ class Download:
     def _watch(self, threads: list[threading.Thread], progress: Callable[..., None]) -> None:
         checkpoint_at = time.monotonic() + CHECKPOINT_SECONDS
         while alive := [thread for thread in threads if thread.is_alive()]:
-            alive[0].join(0.1)
+            alive[0].join(CHECKPOINT_SECONDS)
             progress(self.plan.written.covered(), self.total, detail=self._in_use())
             if self.plan.written.covered() >= self.total:
                 return  # connections still backing off (a dead mirror's) have nothing left to do
             now = time.monotonic()
             if now >= checkpoint_at:
-                self.checkpoint(sync=now >= self.synced_at + SYNC_SECONDS)
+                self.checkpoint()
                 checkpoint_at = now + CHECKPOINT_SECONDS
             if now > self.deadline:
                 self.plan.stop(MirrorFailed("timeout", f"{self.label}: gave up after {self.policy.budget:g} s, "
@@ -536,18 +541,30 @@ class Download:
         mirrors = len(self.servers) - sum(server.failure is not None for server in self.servers)
         return f"{count} connection{'s' * (count != 1)}" + (f", {mirrors} mirrors" if mirrors > 1 else "")
 
-    def checkpoint(self, sync: bool = True) -> None:
-        """Record the ranges written so far (``written``, with this boot's id) and, when ``sync``, fdatasync
-        the part first and record them as ``ranges`` too: neither list ever runs ahead of what it claims."""
+    def checkpoint(self, final: bool = False) -> None:
+        """Record the ranges written so far (``written``, with this boot's id) beside those synced (``ranges``):
+        neither list ever runs ahead of what it claims. The record is renamed into place, not fsynced (a
+        power cut may bring back an older one, which claims less); ``final`` syncs the part and the record."""
         with self.plan.lock:
             spans, meta = [list(span) for span in self.plan.written.spans], dict(self.meta)
         with contextlib.suppress(OSError):  # a full disk may refuse even this; the next run re-fetches
-            if sync:
+            if final:
                 _datasync(self.plan.fd)
-                self.synced, self.synced_at = spans, time.monotonic()
-            prefix = self.synced[0][1] if self.synced and self.synced[0][0] == 0 else 0
-            record = {**meta, "ranges": self.synced, "written": spans, "boot_id": boot_id(), "bytes": prefix}
-            write_text(json.dumps(record), self.sidecar, as_bad_input=False)
+                self.synced = spans
+            synced = self.synced
+            prefix = synced[0][1] if synced and synced[0][0] == 0 else 0
+            record = {**meta, "ranges": synced, "written": spans, "boot_id": boot_id(), "bytes": prefix}
+            write_text(json.dumps(record), self.sidecar, as_bad_input=False, durable=final)
+
+    def _sync_now_and_then(self) -> None:
+        """fdatasync the part every ``SYNC_SECONDS`` (on its own thread: it can take a while, and the record of
+        written ranges must go on meanwhile), then let the record call what was written before it synced."""
+        while not self.finished.wait(SYNC_SECONDS):
+            with self.plan.lock:
+                spans = [list(span) for span in self.plan.written.spans]
+            with contextlib.suppress(OSError):
+                _datasync(self.plan.fd)
+                self.synced = spans
 
     def _follow(self, hasher: Hasher) -> None:
         """Hash the part's contiguous prefix as it grows, reading it back from the page cache."""
