@@ -65,6 +65,8 @@ def render(rows: list[dict], results: dict[str, str]) -> str:
         cells = [row["provider"], row["fault"], row["expected"], row["outcome"], row["evidence"],
                  results.get(row["id"], "not run")]
         lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    lines += ["", "Hostile input (URLs, tokens, a shared cache, provider answers, checkpoints), bounded cost and",
+              "segmented-download faults have their own tables, each row a test: `docs/security.md`."]
     return "\n".join(lines) + "\n"
 
 
