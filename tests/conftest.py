@@ -31,6 +31,14 @@ def corpus_path() -> Path:
     return CORPUS
 
 
+@pytest.fixture(scope="session")
+def checkpoint_bytes(tmp_path_factory, corpus_path) -> list[bytes]:
+    """Two tiny causal checkpoints in our trainer's layout (different seeds: different bytes), made once."""
+    from deposit_files import two_checkpoints
+
+    return two_checkpoints(tmp_path_factory.mktemp("checkpoints"), corpus_path)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_environment(tmp_path_factory, monkeypatch):
     """Every test gets its own cache and never sees the user's manifest, cache or HF login."""

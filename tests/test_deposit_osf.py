@@ -6,17 +6,12 @@ import time
 from types import SimpleNamespace
 
 import pytest
-from deposit_files import error_lines, place, two_checkpoints
+from deposit_files import error_lines, place
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import load_manifest
 
 TOKEN = "osfWriteTokenNeverShown012345678"
-
-
-@pytest.fixture(scope="module")
-def checkpoint_bytes(tmp_path_factory, corpus_path):
-    return two_checkpoints(tmp_path_factory.mktemp("osf-checkpoints"), corpus_path)
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from deposit_files import place, two_checkpoints
+from deposit_files import place
 from emulators.fileserver import Faults
 
 from phasegpt_ckpt import Store
@@ -18,9 +18,9 @@ ZENODO_TOKEN, OSF_TOKEN = "zenodoPartsTokenNeverShown012345", "osfPartsTokenNeve
 LIMIT = 150_000  # the tiny checkpoint (~357 kB) goes in three parts
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory, corpus_path) -> bytes:
-    return two_checkpoints(tmp_path_factory.mktemp("parts"), corpus_path)[0]
+@pytest.fixture
+def data(checkpoint_bytes) -> bytes:
+    return checkpoint_bytes[0]
 
 
 @pytest.fixture

@@ -5,18 +5,13 @@ import hashlib
 import json
 
 import pytest
-from deposit_files import error_lines, place, two_checkpoints
+from deposit_files import error_lines, place
 from emulators.zenodo import ZenodoEmulator
 
 from phasegpt_ckpt import Store
 from phasegpt_ckpt.source.manifest import load_manifest
 
 TOKEN = "zenodoDepositTokenNeverShown0123"
-
-
-@pytest.fixture(scope="module")
-def checkpoint_bytes(tmp_path_factory, corpus_path):
-    return two_checkpoints(tmp_path_factory.mktemp("zenodo-checkpoints"), corpus_path)
 
 
 @pytest.fixture
