@@ -2,6 +2,8 @@
 
 Every file the tool writes whole goes through here: :func:`atomic_path` (a writer of the caller's),
 :func:`write_text` (a small text file), :func:`link_into_place` (a hard link of a finished file).
+What the tool reads back from a place others may write (the cache's receipts, a download's record)
+goes through :func:`read_regular`.
 
 A reader (or a crash) sees the previous file or the new one, never half of one. The temporary file
 is created as ``open()`` would create the final one (mode 0666 less the umask, or the mode of the
@@ -119,6 +121,25 @@ def _regular_file_status(path: Path) -> Optional[os.stat_result]:
     except OSError:
         return None
     return status if stat.S_ISREG(status.st_mode) else None
+
+
+def read_regular(path: Path, limit: int = 1 << 20) -> bytes:
+    """The bytes of the regular file ``path``, never through a link, never more than ``limit``.
+
+    A link, a FIFO or device, or a larger file is an ``OSError``: such a file is read as untrusted
+    (a planted ``/dev/zero`` would otherwise be read for ever, a FIFO block the open).
+    """
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    with os.fdopen(fd, "rb") as file:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise OSError(errno.EFBIG, f"{path} is larger than {limit} bytes")
+    return data
+
+
+datasync = getattr(os, "fdatasync", os.fsync)  # the data of a file made durable (macOS has no fdatasync)
 
 
 def fsync_directory(directory: Path) -> None:

@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import save_model
+from test_hostile_input import assert_one_line_error
 from tiny_checkpoints import tiny_model, training_dict
 
 from phasegpt_ckpt.models.data import CharDataset
@@ -34,13 +35,6 @@ def ours(corpus_path) -> dict:
     checkpoint["config"]["model"]["coupling_mode"] = "original"
     checkpoint.update(vocab=CharDataset(corpus_path).chars, coupling_mode="original")
     return checkpoint
-
-
-def one_error_line(code: int, err: str, expected: int) -> str:
-    assert code == expected, err
-    assert "Traceback" not in err, err
-    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
-    return line
 
 
 def changed(checkpoint: dict, change) -> dict:
@@ -77,7 +71,7 @@ UNUSABLE = {
 def test_a_checkpoint_with_entries_of_the_wrong_type_is_one_line(run_cli, tmp_path, ours, change, words):
     path = tmp_path / "hostile.pt"
     torch.save(changed(ours, change), path)
-    line = one_error_line(*run_cli("verify", path)[::2], 1)
+    line = assert_one_line_error(*run_cli("verify", path)[::2], 1)
     assert words in line and "not a usable checkpoint" in line, line
     code, out, err = run_cli("info", path, "--json")
     assert code == 0 and "Traceback" not in err, err
@@ -97,14 +91,14 @@ def test_a_safetensors_file_marked_as_ours_with_bad_metadata_is_one_line(run_cli
     save_model(tiny_model(), str(path), metadata={"format": "phasegpt-ckpt", **metadata})
     for command in ("verify", "config"):
         code, _, err = run_cli(command, path)
-        assert words in one_error_line(code, err, 1 if command == "verify" else 2)
+        assert words in assert_one_line_error(code, err, 1 if command == "verify" else 2)
 
 
 @pytest.mark.parametrize("metrics", [{"val_ppl": "low"}, {"val_loss": [1.5]}])
 def test_publish_of_metrics_that_are_no_numbers_is_one_line(run_cli, tmp_path, ours, metrics):
     path = tmp_path / "hostile.pt"
     torch.save(changed(ours, lambda c: c.update(metrics=metrics)), path)
-    line = one_error_line(*run_cli("publish", path, "--name", "hostile", "--to", tmp_path / "lab")[::2], 2)
+    line = assert_one_line_error(*run_cli("publish", path, "--name", "hostile", "--to", tmp_path / "lab")[::2], 2)
     assert f"the checkpoint's {next(iter(metrics))} is not a number" in line, line
     assert not (tmp_path / "hostile_info.json").exists() and not (tmp_path / "lab").exists()
 
@@ -137,7 +131,7 @@ UNBUILDABLE = {
 def test_weights_no_model_can_take_are_one_line(run_cli, tmp_path, ours, change, code, words):
     path = tmp_path / "hostile.pt"
     torch.save(changed(ours, change), path)
-    line = one_error_line(*run_cli("generate", "--model", path, "--max-new-tokens", "1", "To be")[::2], code)
+    line = assert_one_line_error(*run_cli("generate", "--model", path, "--max-new-tokens", "1", "To be")[::2], code)
     assert words in line, line
 
 
@@ -175,7 +169,7 @@ def test_a_local_path_no_system_call_takes_is_one_line_naming_the_field(run_cli,
         "kind": "dataset", "filename": "input.txt", "size": 3, "sha256": "a" * 64,
         "mirrors": [{"type": "local", "path": path}]}}}))
     for command in ("fetch", "list"):
-        line = one_error_line(*run_cli("--manifest", manifest, command)[::2], 2)
+        line = assert_one_line_error(*run_cli("--manifest", manifest, command)[::2], 2)
         assert str(manifest) in line or manifest.name in line, line
         assert f"artifacts.corpus.mirrors.0.local.path: {words}" in line, line
 

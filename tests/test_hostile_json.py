@@ -19,6 +19,7 @@ import requests
 import yaml
 from conftest import CORPUS_SHA256
 from emulators.fileserver import Faults, FileServer
+from test_hostile_input import assert_one_line_error
 
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.metadata import load_metadata
@@ -41,13 +42,6 @@ def answering(server: FileServer, pattern: str, body: bytes, content_type: str =
     """``server`` answering ``body`` (200) to every GET of a path matching ``pattern``."""
     server.route(pattern, lambda request: request.send(200, body, content_type))
     return server
-
-
-def one_error_line(code: int, err: str, expected: int) -> str:
-    assert code == expected, err
-    assert "Traceback" not in err, err
-    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
-    return line
 
 
 def zenodo_mirror(server: FileServer) -> dict:
@@ -99,14 +93,14 @@ OSF_ANSWERS = {
 def test_a_zenodo_record_of_the_wrong_shape_fails_that_mirror_in_one_line(run_cli, tmp_path, body):
     with answering(FileServer(), r"/api/records/.*", body) as server:
         code, _, err = run_cli("--manifest", manifest(tmp_path, zenodo_mirror(server)), "fetch")
-    assert one_error_line(code, err, 3).endswith("(zenodo: bad answer)")
+    assert assert_one_line_error(code, err, 3).endswith("(zenodo: bad answer)")
 
 
 @pytest.mark.parametrize("body", OSF_ANSWERS.values(), ids=OSF_ANSWERS)
 def test_an_osf_answer_of_the_wrong_shape_fails_that_mirror_in_one_line(run_cli, tmp_path, body):
     with answering(FileServer(), r"/v2/.*", body) as server:
         code, _, err = run_cli("--manifest", manifest(tmp_path, osf_mirror(server)), "fetch")
-    assert one_error_line(code, err, 3).endswith("(osf: bad answer)")
+    assert assert_one_line_error(code, err, 3).endswith("(osf: bad answer)")
 
 
 def test_osf_listing_pages_of_the_wrong_shape_fail_that_mirror(tmp_path):

@@ -39,7 +39,7 @@ from typing import Callable, Optional
 import requests
 import urllib3
 
-from phasegpt_ckpt.atomic import write_text
+from phasegpt_ckpt.atomic import datasync, read_regular, write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.digest import CHUNK, Hasher, feed
 from phasegpt_ckpt.source import web
@@ -258,20 +258,18 @@ def recorded(meta: dict, total: int, length: int) -> Ranges:
     return Ranges(spans if valid else ())
 
 
+def record_path(part: Path) -> Path:
+    """Where the control record of ``part`` lies: ``<part>.json`` beside it."""
+    return part.with_name(part.name + ".json")
+
+
 def read_record(sidecar: Path) -> Optional[dict]:
-    """The sidecar's JSON, read without following a symlink; None when absent or unreadable."""
+    """The sidecar's JSON, read without following a symlink; None when absent or unreadable (a planted
+    FIFO or device, a file over 1 MiB, not a JSON object)."""
     try:
-        fd = os.open(sidecar, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
+        meta = json.loads(read_regular(sidecar))
+    except (OSError, ValueError):
         return None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):  # a planted FIFO or device is no record
-        os.close(fd)
-        return None
-    with os.fdopen(fd, "rb") as file:
-        try:
-            meta = json.loads(file.read(1 << 20))
-        except ValueError:
-            return None
     return meta if isinstance(meta, dict) else None
 
 
@@ -465,7 +463,7 @@ class Download:
     def __init__(self, sources: list, fd: int, path: Path, total: int, meta: dict, done: Ranges, *,
                  session: requests.Session, policy: RetryPolicy, connections: int, pinned: bool):
         self.total, self.meta, self.path = total, meta, path
-        self.sidecar = path.with_name(path.name + ".json")
+        self.sidecar = record_path(path)
         self.session, self.policy, self.pinned = session, policy, pinned
         if len(sources) > 1:  # validators are per mirror, and not kept: the sha256 decides
             meta.pop("etag", None), meta.pop("last_modified", None)
@@ -549,7 +547,7 @@ class Download:
             spans, meta = [list(span) for span in self.plan.written.spans], dict(self.meta)
         with contextlib.suppress(OSError):  # a full disk may refuse even this; the next run re-fetches
             if final:
-                _datasync(self.plan.fd)
+                datasync(self.plan.fd)
                 self.synced = spans
             synced = self.synced
             prefix = synced[0][1] if synced and synced[0][0] == 0 else 0
@@ -563,7 +561,7 @@ class Download:
             with self.plan.lock:
                 spans = [list(span) for span in self.plan.written.spans]
             with contextlib.suppress(OSError):
-                _datasync(self.plan.fd)
+                datasync(self.plan.fd)
                 self.synced = spans
 
     def _follow(self, hasher: Hasher) -> None:
@@ -773,5 +771,3 @@ class Download:
                 raise Unsegmentable(f"{server.label}: the file changed during the download "
                                     f"(ETag {was[0]!r} then {etag!r}, Last-Modified {was[1]!r} then {modified!r})")
 
-
-_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync

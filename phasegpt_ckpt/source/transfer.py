@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Callable, Optional, Sequence
 import requests
 import urllib3
 
-from phasegpt_ckpt.atomic import write_text
+from phasegpt_ckpt.atomic import datasync, write_text
 from phasegpt_ckpt.errors import BadInput, MirrorFailed
 from phasegpt_ckpt.proof.digest import CHUNK, FileFacts, Hasher, feed
 from phasegpt_ckpt.proof.verify import mismatch
@@ -45,6 +45,7 @@ from phasegpt_ckpt.source.segments import (
     open_part,
     preallocate,
     read_record,
+    record_path,
     recorded,
     reject_unusable,
     strong_etag,
@@ -400,10 +401,8 @@ class _WriteBehind:
             if self._stopped:
                 return
             with contextlib.suppress(OSError):  # a full disk or a closed file: the final fsync reports it
-                _datasync(self._fd)
+                datasync(self._fd)
 
-
-_datasync = getattr(os, "fdatasync", os.fsync)  # macOS has no fdatasync
 
 
 class _Part:
@@ -415,7 +414,7 @@ class _Part:
 
     def __init__(self, path: Path, identity: dict, want_md5: bool):
         self.path, self.identity, self.want_md5 = path, identity, want_md5
-        self.sidecar = path.with_name(path.name + ".json")
+        self.sidecar = record_path(path)
         self.meta: dict = dict(identity)
         self.size = self.resumed_from = 0
         self.spliced = False  # bytes come from more than one answer

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -38,13 +37,14 @@ from filelock import FileLock, Timeout
 from pydantic import AfterValidator, BaseModel, StringConstraints, ValidationError
 
 from phasegpt_ckpt import __version__
-from phasegpt_ckpt.atomic import atomic_path, fsync_directory, link_into_place, write_text
+from phasegpt_ckpt.atomic import atomic_path, fsync_directory, link_into_place, read_regular, write_text
 from phasegpt_ckpt.errors import BadInput
 from phasegpt_ckpt.paths import user_path
 from phasegpt_ckpt.proof.digest import SHA256_HEX, FileFacts, hash_file
 from phasegpt_ckpt.proof.verify import mismatch
 from phasegpt_ckpt.source.manifest import Artifact
 from phasegpt_ckpt.source.mirrors.base import MirrorBase
+from phasegpt_ckpt.source.segments import read_record, record_path
 
 log = logging.getLogger(__name__)
 
@@ -174,22 +174,6 @@ def _unlink_planted(path: Path) -> None:
     if path.is_symlink():
         log.warning(f"{path} is a symbolic link, which the cache never makes: removed it (not followed)")
         path.unlink()
-
-
-def read_regular(path: Path, limit: int = 1 << 20) -> bytes:
-    """The bytes of the regular file ``path``, never through a link, never more than ``limit``.
-
-    A link, a FIFO or device, or a larger file is an ``OSError``: what the cache finds is read as
-    untrusted (a planted ``/dev/zero`` would otherwise be read for ever).
-    """
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    with os.fdopen(fd, "rb") as file:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, f"{path} is not a regular file")
-        data = file.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"{path} is larger than {limit} bytes")
-    return data
 
 
 def _restrict(path: Path, mode: int) -> None:
@@ -523,10 +507,7 @@ class Cache:
             in_progress = self._hold(held, name, create=False) is False
         partials = []
         for path, size in parts:
-            try:
-                expected = json.loads(read_regular(path.with_name(path.name + ".json"))).get("expected_size")
-            except (OSError, ValueError, AttributeError):
-                expected = None
+            expected = (read_record(record_path(path)) or {}).get("expected_size")
             partials.append(Partial(path, size, expected if isinstance(expected, int) else None, in_progress))
         return partials
 

@@ -35,7 +35,7 @@ from phasegpt_ckpt.source.manifest import Artifact, renamed
 from phasegpt_ckpt.source.mirrors import TYPES, resolve
 from phasegpt_ckpt.source.mirrors.base import MirrorBase, Source
 from phasegpt_ckpt.source.mirrors.local import LocalMirror
-from phasegpt_ckpt.source.segments import connection_count
+from phasegpt_ckpt.source.segments import connection_count, record_path
 from phasegpt_ckpt.source.transfer import RetryPolicy, transfer
 from phasegpt_ckpt.store.cache import TOFU, Cache, place
 
@@ -429,10 +429,10 @@ def _part_for(store: "Store", artifact: Artifact, mirror: MirrorBase) -> Path:
         return part
     for other in artifact.mirrors:
         left = store.cache.part_path(artifact, other)
-        record = left.with_name(left.name + ".json")
+        record = record_path(left)
         if left != part and left.is_file() and not left.is_symlink() and record.is_file():
             os.replace(left, part)  # a crash between the two leaves a part without a record: never trusted
-            os.replace(record, part.with_name(part.name + ".json"))
+            os.replace(record, record_path(part))
             break
     return part
 

@@ -356,8 +356,9 @@ def upload_to_hub(mirror: HfMirror, files: dict[str, Union[Path, bytes]]) -> str
     from huggingface_hub.errors import RepositoryNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-    if get_token():
-        web.require_sendable(get_token(), "HF_TOKEN (or the saved Hub login)")
+    token = get_token()  # HF_TOKEN, else the saved login: read once
+    if token:
+        web.require_sendable(token, "HF_TOKEN (or the saved Hub login)")
     api = HfApi(endpoint=mirror.base_url())
     quiet = not are_progress_bars_disabled()  # the library prints nothing, huggingface_hub's bars included
     if quiet:
